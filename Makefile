@@ -1,0 +1,56 @@
+# patchloupe: the README's two commands are `make demo` and `make test`; both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip
+EXTRAS ?= dev,triton,onnxruntime
+PYTEST_ARGS ?=
+
+.PHONY: venv install dev demo test test-slow test-kernels bench bench-gpu lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Build/test tools first; torch pinned to the CPU wheel so nothing pulls a CUDA build.
+$(VENV)/.deps-stamp: pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# Regular (non-editable) install: tests run against the installed package.
+install: $(VENV)/.deps-stamp
+	$(PIP) install -q --no-build-isolation ".[$(EXTRAS)]"
+
+# Editable install for day-to-day work (Python edits are live; rerun after C++ edits).
+dev: $(VENV)/.deps-stamp
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+
+demo: install
+	$(BIN)/patchloupe demo
+
+test: install
+	$(PY) -m ruff check sdk kernels tests benchmarks
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks -m "not slow and not gpu" --benchmark-disable -q -p no:cacheprovider
+
+test-slow: install
+	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-kernels: install
+	$(PY) -m pytest tests -k kernel $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pytest benchmarks -m "not gpu" --benchmark-only --benchmark-columns=median,iqr,ops
+
+bench-gpu: install
+	$(PY) benchmarks/gpu_attention.py
+
+lint: $(VENV)/.deps-stamp
+	$(PY) -m ruff check sdk kernels tests benchmarks
+	$(PY) -m ruff format --check sdk kernels tests benchmarks
+
+clean:
+	rm -rf build dist demo_out .pytest_cache

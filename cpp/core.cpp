@@ -1,0 +1,4 @@
+#include "core.hpp"
+namespace patchloupe {
+int version_major() { return 0; }
+}

@@ -1,0 +1,4 @@
+#pragma once
+namespace patchloupe {
+int version_major();
+}

@@ -1,0 +1,1 @@
+"""patchloupe.kernels: fused GPU kernels (Triton)."""
