@@ -1,0 +1,180 @@
+"""``Detector.fit``: fine-tune the generator and comparator on defect-free images, pick the grid,
+and calibrate the threshold on a held-out share of the same images."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from patchloupe import _native
+from patchloupe.detector import COL_DIRECTIONS, Detector, DetectorConfig
+from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRID_CANDIDATES: tuple[tuple[int, int], ...] = ((4, 4), (8, 8))
+
+
+def collect_images(images: str | os.PathLike[str] | Sequence[ImageLike]) -> list[np.ndarray]:
+    """A folder or a list of paths/arrays -> RGB uint8 images; unreadable items are logged and skipped."""
+    from patchloupe.data import list_images
+
+    if isinstance(images, (str, Path)):
+        items: Sequence[ImageLike] = list_images(images)
+    else:
+        items = list(images)
+    out = []
+    for item in items:
+        try:
+            out.append(load_rgb(item))
+        except (ValueError, TypeError, OSError) as exc:
+            log.warning("skipping a training image: %s", exc)
+    return out
+
+
+@torch.inference_mode()
+def prediction_error_ratio(
+    generator: torch.nn.Module, images: Sequence[np.ndarray], image_size: tuple[int, int], grid: tuple[int, int]
+) -> float:
+    """Held-out MSE of the generator over MSE of "copy the nearest input patch", row triplets both ways.
+
+    Lower is better; it is comparable across grids because both errors are measured on the same patches.
+    """
+    rows, cols = grid
+    trip = np.concatenate([_native.neighbor_triplets(rows, cols, d) for d in ("ltr", "rtl")])
+    trip_t = torch.from_numpy(np.asarray(trip, dtype=np.int64))
+    gen_err = copy_err = 0.0
+    for img in images:
+        patches = np.asarray(_native.tile(resize_for_model(img, image_size), grid))
+        x = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)
+        pred = generator.predict_targets(x, trip_t)
+        target = x[trip_t[:, 2]]
+        gen_err += float(((pred - target) ** 2).mean())
+        copy_err += float(((x[trip_t[:, 1]] - target) ** 2).mean())
+    return gen_err / max(copy_err, 1e-12)
+
+
+def fit_detector(
+    images: str | os.PathLike[str] | Sequence[ImageLike],
+    *,
+    base: str | os.PathLike[str] | Detector | None = None,
+    grid: tuple[int, int] | str = "auto",
+    grid_candidates: Sequence[tuple[int, int]] = DEFAULT_GRID_CANDIDATES,
+    image_size: tuple[int, int] | None = None,
+    generator_steps: int = 300,
+    comparator_steps: int = 400,
+    batch_size: int = 16,
+    holdout: float = 0.2,
+    false_alarm_rate: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> Detector:
+    """Train a detector from defect-free images.
+
+    Starts from ``base`` (the built-in default model when None), chooses the patch grid among
+    ``grid_candidates`` by held-out prediction error unless ``grid`` is given, fine-tunes the
+    generator (MSE, stage 1) and then the comparator (hinge + BCE on synthetic defects, stage 2) on
+    ``1 - holdout`` of the images, and calibrates the threshold on the held-out rest at
+    ``false_alarm_rate``.
+    """
+    from patchloupe.train.stage1 import train_generator
+    from patchloupe.train.stage2 import train_comparator
+
+    t_start = time.perf_counter()
+    imgs = collect_images(images)
+    if len(imgs) < 5:
+        raise ValueError(f"fit needs at least 5 readable defect-free images, got {len(imgs)}")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    base_det = base if isinstance(base, Detector) else Detector.load(base)
+    size = tuple(image_size) if image_size is not None else base_det.config.image_size
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(imgs))
+    n_hold = min(len(imgs) - 3, max(2, round(holdout * len(imgs))))
+    hold = [imgs[i] for i in order[:n_hold]]
+    train = [imgs[i] for i in order[n_hold:]]
+    generator = copy.deepcopy(base_det.generator).to("cpu")
+    comparator = copy.deepcopy(base_det.comparator).to("cpu")
+
+    ratios: dict[str, float] = {}
+    if isinstance(grid, str):
+        if grid != "auto":
+            raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
+        for cand in grid_candidates:
+            try:
+                check_geometry(size, cand)
+            except ValueError:
+                continue
+            if min(cand) >= 3 and min(size[0] // cand[0], size[1] // cand[1]) >= 16:
+                ratios[f"{cand[0]}x{cand[1]}"] = prediction_error_ratio(generator.eval(), hold, size, cand)
+        if not ratios:
+            raise ValueError(f"no grid candidate in {list(grid_candidates)} fits image_size {size}")
+        best = min(ratios, key=ratios.__getitem__)
+        chosen = tuple(int(v) for v in best.split("x"))
+        log.info("grid choice by held-out prediction error ratio: %s -> %s", ratios, best)
+    else:
+        chosen = (int(grid[0]), int(grid[1]))
+    config = DetectorConfig(
+        image_size=size, grid=chosen, directions=base_det.config.directions, false_alarm_rate=false_alarm_rate
+    )
+
+    train_imgs = list(train)
+    if any(d in config.directions for d in COL_DIRECTIONS):
+        # Column-wise directions run the generator on transposed patches: train on transposed images too.
+        train_imgs += [np.ascontiguousarray(im.transpose(1, 0, 2)) for im in train]
+    g = train_generator(
+        generator.train(),
+        train_imgs,
+        image_size=size,
+        grid=chosen,
+        steps=generator_steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        device=device,
+    )
+    generator.eval()
+    c = train_comparator(
+        comparator.train(),
+        generator,
+        train_imgs,
+        image_size=size,
+        grid=chosen,
+        steps=comparator_steps,
+        batch_size=batch_size,
+        seed=seed + 1,
+        progress=progress,
+        device=device,
+    )
+    comparator.eval()
+    config.generator = generator.config.to_dict()
+    config.comparator = comparator.config.to_dict()
+    det = Detector(generator, comparator, config, device=device)
+    det.calibrate(hold, false_alarm_rate)
+    config.training = {
+        "n_images": len(imgs),
+        "n_train": len(train),
+        "n_holdout": len(hold),
+        "grid_error_ratio": ratios,
+        "generator_steps": generator_steps,
+        "generator_final_loss": _final_loss(g),
+        "comparator_steps": comparator_steps,
+        "comparator_final_loss": _final_loss(c),
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "seed": seed,
+    }
+    return det
+
+
+def _final_loss(result: Any) -> float | None:
+    loss = getattr(result, "final_loss", None)
+    return None if loss is None else float(loss)

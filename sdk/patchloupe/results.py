@@ -1,0 +1,118 @@
+"""Inspection results: what ``Detector.inspect`` returns, with plotting and serialisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class InspectionResult:
+    """The verdict on one image.
+
+    Attributes:
+        score: image anomaly score in [0, 1], higher = more anomalous (max of the final patch scores).
+        is_anomalous: ``score >= threshold``, i.e. at least one patch is anomalous in every direction
+            that could predict it.
+        threshold: the threshold that was applied.
+        anomaly_map: float32 ``(H, W)`` at the input's original size, in [0, 1].
+        mask: bool ``(H, W)``: the outlined defect pixels (empty when ``is_anomalous`` is False).
+        patch_map: bool ``(rows, cols)``: the final intersected patch verdicts.
+        patch_scores: float32 ``(rows, cols)``: the final intersected patch scores.
+        timings_ms: ``{"preprocess", "inference", "postprocess"}`` in milliseconds.
+        image: the RGB uint8 ``(H, W, 3)`` input (kept for ``plot``; not serialised).
+        source: where the image came from (path, frame id, or ``None``).
+    """
+
+    score: float
+    is_anomalous: bool
+    threshold: float
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    patch_map: np.ndarray
+    patch_scores: np.ndarray
+    timings_ms: dict[str, float]
+    image: np.ndarray | None = field(default=None, repr=False)
+    source: str | None = None
+    ok: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (no pixel arrays except the small patch map)."""
+        ys, xs = np.nonzero(self.mask)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None
+        return {
+            "source": self.source,
+            "score": float(self.score),
+            "is_anomalous": bool(self.is_anomalous),
+            "threshold": float(self.threshold),
+            "patch_map": self.patch_map.astype(int).tolist(),
+            "patch_scores": [[round(float(v), 6) for v in row] for row in self.patch_scores],
+            "defect_area_px": int(self.mask.sum()),
+            "defect_bbox_xyxy": bbox,
+            "image_hw": [int(self.anomaly_map.shape[0]), int(self.anomaly_map.shape[1])],
+            "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
+        }
+
+    def plot(self) -> np.ndarray:
+        """RGB uint8 ``(H, 3*W, 3)`` panel: original | anomaly map overlay | defect outline."""
+        if self.image is None:
+            raise ValueError("this result carries no image (inspect(..., keep_image=False)); cannot plot")
+        img = self.image
+        heat = cv2.applyColorMap(np.clip(self.anomaly_map * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+        overlay = cv2.addWeighted(img, 0.5, heat, 0.5, 0.0)
+        outline = img.copy()
+        contours, _ = cv2.findContours(self.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        thickness = max(1, round(min(img.shape[:2]) / 200))
+        cv2.drawContours(outline, contours, -1, (255, 0, 0), thickness)
+        panel = np.concatenate([img, overlay, outline], axis=1)
+        label = f"{'ANOMALY' if self.is_anomalous else 'ok'} score={self.score:.3f} thr={self.threshold:.3f}"
+        scale = max(0.35, min(img.shape[:2]) / 512)
+        cv2.putText(panel, label, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3)
+        color = (255, 64, 64) if self.is_anomalous else (64, 255, 64)
+        cv2.putText(panel, label, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1)
+        return panel
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``plot()`` as an image (format from the suffix, PNG if none) and a ``.json`` beside it."""
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(self.plot(), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ValueError(f"cannot encode an image with suffix {path.suffix!r}")
+        atomic_write_bytes(path, buf.tobytes())
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(self.to_dict(), indent=2).encode())
+        return path
+
+
+@dataclass
+class InspectionError:
+    """Stands in for a result when one item of a batch could not be inspected."""
+
+    source: str | None
+    error: str
+    ok: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": self.error}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
