@@ -1,0 +1,41 @@
+"""patchloupe.models: Swin layers, window-attention dispatch and the pattern generator."""
+
+from __future__ import annotations
+
+from patchloupe.models.attention import (
+    attention_backend,
+    get_attention_backend,
+    resolve_backend,
+    set_attention_backend,
+    window_attention,
+)
+from patchloupe.models.layers import (
+    DropPath,
+    FinalPatchExpandX4,
+    Mlp,
+    PatchEmbed,
+    PatchExpand,
+    PatchMerging,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
+
+__all__ = [
+    "DropPath",
+    "FinalPatchExpandX4",
+    "Mlp",
+    "PatchEmbed",
+    "PatchExpand",
+    "PatchMerging",
+    "attention_backend",
+    "get_attention_backend",
+    "relative_position_index",
+    "resolve_backend",
+    "set_attention_backend",
+    "shifted_window_mask",
+    "window_attention",
+    "window_partition",
+    "window_reverse",
+]
