@@ -1,0 +1,175 @@
+"""Detector API: inference plumbing, result semantics, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from patchloupe import Detector, InspectionError, InspectionResult
+from patchloupe.detector import DetectorConfig, ModelError
+
+
+class MeanGenerator(torch.nn.Module):
+    """Predicts a target as the mean of its two input patches (an exact predictor on flat images)."""
+
+    def predict_targets(self, patches: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (patches[triplets[:, 0]] + patches[triplets[:, 1]])
+
+
+class DiffComparator(torch.nn.Module):
+    """Logit high (= match) when prediction and reality agree; mask = |difference| > 0.1 at 1/4 size."""
+
+    def forward(self, generated: torch.Tensor, real: torch.Tensor):
+        diff = (generated - real).abs().mean(1, keepdim=True)
+        logit = 8.0 - 80.0 * diff.mean((1, 2, 3))
+        mask = torch.nn.functional.avg_pool2d((diff > 0.1).float(), 4)
+        return torch.sigmoid(logit), mask, logit
+
+
+def _fake_detector(grid: tuple[int, int] = (4, 4), size: int = 128) -> Detector:
+    cfg = DetectorConfig(image_size=(size, size), grid=grid, threshold=0.5)
+    return Detector(MeanGenerator(), DiffComparator(), cfg)
+
+
+def test_intersection_keeps_the_defect_patch_and_clears_its_neighbours() -> None:
+    det = _fake_detector()
+    img = np.full((128, 128, 3), 100, np.uint8)
+    img[32:64, 64:96] = 255  # patch (1, 2) is "defective"
+    r = det.inspect(img)
+    expected = np.zeros((4, 4), bool)
+    expected[1, 2] = True
+    # Row-wise, the patch also corrupts the predictions of (1, 0), (1, 1), (1, 3); column-wise of (0, 2),
+    # (2, 2), (3, 2). Only the intersection over directions isolates the defect itself.
+    np.testing.assert_array_equal(r.patch_map, expected)
+    assert r.is_anomalous and r.score >= r.threshold
+    assert r.mask[40, 80] and not r.mask[10, 10]
+    assert r.anomaly_map.shape == (128, 128) and r.anomaly_map.dtype == np.float32
+
+
+def test_clean_image_is_normal_with_empty_mask() -> None:
+    det = _fake_detector()
+    r = det.inspect(np.full((128, 128, 3), 90, np.uint8))
+    assert not r.is_anomalous and not r.patch_map.any() and not r.mask.any()
+    assert r.score < r.threshold
+
+
+def test_result_semantics_and_threshold_override() -> None:
+    det = _fake_detector()
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (75, 113, 3), dtype=np.uint8)  # odd size: maps come back at the input size
+    r = det.inspect(img)
+    assert r.anomaly_map.shape == (75, 113) and r.mask.shape == (75, 113)
+    assert set(r.timings_ms) == {"preprocess", "inference", "postprocess"}
+    for thr in (0.0, 0.3, 1.01):
+        rt = det.inspect(img, threshold=thr)
+        assert rt.threshold == thr
+        assert rt.is_anomalous == (rt.score >= thr) == bool(rt.patch_map.any())
+        assert rt.mask.any() <= rt.is_anomalous
+    det.threshold = 1.01
+    assert not det.inspect(img).is_anomalous
+    with pytest.raises(ValueError):
+        det.threshold = float("nan")
+
+
+def test_inputs_gray_bgr_path_and_pil(tmp_path: Path) -> None:
+    det = _fake_detector()
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[20:30, 20:30] = 30
+    ref = det.inspect(rgb)
+    assert det.inspect(rgb[..., ::-1].copy(), bgr=True).score == pytest.approx(ref.score)
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), rgb[..., ::-1])
+    r = det.inspect(path)
+    assert r.source == str(path) and r.score == pytest.approx(ref.score)
+    gray = det.inspect(rgb[..., 0].copy())
+    assert gray.anomaly_map.shape == (64, 64)
+    from PIL import Image
+
+    assert det.inspect(Image.fromarray(rgb)).score == pytest.approx(ref.score)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((32, 32), np.uint16),
+        np.zeros((32, 32, 4), np.uint8),
+        np.full((32, 32, 3), np.nan, np.float32),
+        np.zeros((0, 32, 3), np.uint8),
+        np.zeros((32, 32, 3, 2), np.uint8),
+        "definitely/not/here.png",
+    ],
+)
+def test_bad_input_raises_clear_error(bad: object) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        _fake_detector().inspect(bad)
+
+
+def test_inspect_many_batches_reports_bad_items_and_matches_single(tmp_path: Path) -> None:
+    det = _fake_detector()
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    items: list[object] = [imgs[0], imgs[1], tmp_path / "missing.png", imgs[2], imgs[3], imgs[4]]
+    out = list(det.inspect_many(items, batch_size=2))
+    assert len(out) == 6
+    assert isinstance(out[2], InspectionError) and "missing.png" in out[2].error
+    singles = [det.inspect(im).score for im in imgs]
+    batched = [r.score for r in out if isinstance(r, InspectionResult)]
+    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)
+    with pytest.raises((ValueError, OSError)):
+        list(det.inspect_many(items, on_error="raise"))
+
+
+def test_result_to_dict_plot_and_save(tmp_path: Path) -> None:
+    det = _fake_detector()
+    img = np.full((128, 128, 3), 100, np.uint8)
+    img[32:64, 64:96] = 255
+    r = det.inspect(img)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["is_anomalous"] and d["defect_area_px"] > 0 and d["patch_map"][1][2] == 1
+    panel = r.plot()
+    assert panel.shape == (128, 384, 3) and panel.dtype == np.uint8
+    p = r.save(tmp_path / "out" / "r")
+    assert p.suffix == ".png" and p.is_file() and p.with_suffix(".json").is_file()
+    assert cv2.imread(str(p)).shape == (128, 384, 3)
+
+
+def test_calibrate_sets_threshold_above_normal_scores() -> None:
+    det = _fake_detector()
+    rng = np.random.default_rng(2)
+    normals = [np.clip(100 + rng.normal(0, 3, (64, 64, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
+    thr = det.calibrate(normals, false_alarm_rate=0.05)
+    assert det.threshold == thr
+    assert all(not det.inspect(im).is_anomalous for im in normals)
+    assert det.config.calibration["n_images"] == 6
+    with pytest.raises(ValueError):
+        det.calibrate(normals, false_alarm_rate=1.5)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        DetectorConfig(image_size=(100, 100), grid=(3, 3))  # not divisible
+    with pytest.raises(ValueError):
+        DetectorConfig(grid=(2, 2), image_size=(64, 64))
+    with pytest.raises(ValueError):
+        DetectorConfig(directions=("ltr", "sideways"))
+    with pytest.raises(ModelError):
+        DetectorConfig.from_dict({"format_version": 999})
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        Detector.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="detector.json"):
+        Detector.load(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "detector.json").write_text("{not json")
+    with pytest.raises(ModelError):
+        Detector.load(bad)
