@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from patchloupe.preprocess import check_geometry, image_to_patches, resize_for_model
 
 __all__ = ["DIRECTIONS", "TripletBatch", "TripletSampler", "grid_triplets", "image_triplets"]
