@@ -199,9 +199,6 @@ class Detector:
         """
         from safetensors.torch import load_file
 
-        from patchloupe.models.comparator import ComparatorConfig, PatternComparator
-        from patchloupe.models.generator import GeneratorConfig, PatternGenerator
-
         folder = Path(path) if path is not None else default_model_dir()
         if not folder.is_dir():
             raise ModelError(f"model folder {str(folder)!r} does not exist")
@@ -227,6 +224,9 @@ class Detector:
                 states[name] = load_file(str(wpath))
             except Exception as exc:  # safetensors raises its own error types
                 raise ModelError(f"{wpath}: corrupt weights file ({exc})") from exc
+        from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+        from patchloupe.models.generator import GeneratorConfig, PatternGenerator
+
         try:
             generator = PatternGenerator(GeneratorConfig.from_dict(config.generator))
             generator.load_state_dict(states["generator.safetensors"])
