@@ -20,6 +20,11 @@ triplet geometry valid: mirroring *across* the triplet's axis (a vertical flip f
 a horizontal flip for a column triplet); mirroring *along* the axis would just turn ``ltr`` into
 ``rtl``, which the direction choice already covers.
 
+Column triplets (``ttb``/``btt``) are returned *transposed* by default (``transpose_columns``): a
+column of the image is presented as a row of the transposed image, which is how
+:class:`patchloupe.detector.Detector` runs its column-wise pass (one generator for all four
+directions, always predicting along its input's width). This needs square patches.
+
 For stage 2 and evaluation, :meth:`TripletSampler.sample_aligned` gives prediction-ready triplets
 (exactly what inference feeds the generator, with their grid indices), and :func:`grid_triplets` /
 :func:`image_triplets` enumerate every triplet of whole images.
@@ -85,7 +90,7 @@ class TripletBatch:
     ``first``, ``second``, ``target``: float32 ``(B, 3, ph, pw)`` in [0, 1].
     ``image_index``: int64 ``(B,)`` index into the sampler's images.
     ``origin``: int64 ``(B, 3, 2)`` top-left pixel ``(y, x)`` of first/second/target in the
-    resized image (before any flip).
+    resized image (before any flip or transpose).
     ``direction``: ``B`` direction names. ``aligned``: bool ``(B,)`` (on the inference grid).
     ``flipped``: bool ``(B,)`` (mirrored across the triplet axis).
     ``patch_index``: int64 ``(B, 3)`` grid indices of first/second/target for aligned samples,
@@ -146,6 +151,9 @@ class TripletSampler:
         generic pre-training, off by default because a user's texture may not be mirror-symmetric).
     device:
         where the image tensor lives and batches are produced (default CPU).
+    transpose_columns:
+        return column triplets transposed (rows of the transposed image, the detector's convention;
+        requires ``ph == pw``). ``False`` keeps them in image orientation.
     """
 
     def __init__(
@@ -159,6 +167,7 @@ class TripletSampler:
         offset_jitter: bool | float = True,
         flips: bool = False,
         device: str | torch.device | None = None,
+        transpose_columns: bool = True,
     ) -> None:
         (self.ph, self.pw), (self.height, self.width) = check_geometry(image_size, grid)
         self.rows, self.cols = (int(v) for v in grid)
@@ -175,6 +184,13 @@ class TripletSampler:
         if not dirs:
             raise ValueError("at least one direction is required")
         self.directions: tuple[str, ...] = tuple(dirs)
+        self.transpose_columns = bool(transpose_columns)
+        has_cols = any(d not in _HORIZONTAL for d in dirs)
+        if has_cols and self.transpose_columns and self.ph != self.pw:
+            raise ValueError(
+                f"transposed column triplets need square patches, got {self.ph}x{self.pw}; "
+                "use transpose_columns=False or row directions only"
+            )
         if isinstance(offset_jitter, bool):
             self.jitter_prob = 0.5 if offset_jitter else 0.0
         else:
@@ -280,6 +296,8 @@ class TripletSampler:
             if flip[b]:  # mirror across the triplet axis
                 axis = -2 if horizontal else -1
                 parts = [p.flip(axis) for p in parts]
+            if not horizontal and self.transpose_columns:
+                parts = [p.transpose(-1, -2) for p in parts]
             first_l.append(parts[0])
             second_l.append(parts[1])
             target_l.append(parts[2])
