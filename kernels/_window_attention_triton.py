@@ -1,0 +1,322 @@
+"""Triton kernels for Swin window attention (private; imported lazily by ``window_attention.py``).
+
+Importing this module imports ``triton``; the public module only does so on first use, so that
+``patchloupe.kernels`` imports without triton. ``TRITON_INTERPRET=1`` must be set before this module
+is first imported for the kernels to run on CPU under the interpreter.
+
+One program owns one (window, head) pair: a whole window (``N <= 64`` tokens, padded to ``N_PAD``, a
+power of two >= 16) and a whole head (``D <= 64``, padded to ``D_PAD >= 16`` so that ``tl.dot`` gets
+blocks of at least 16). Padded keys get a ``-inf`` logit, padded query rows and head dims are loaded
+as zeros and never stored.
+
+Two address layouts share the kernels (constexpr ``SHIFTED``):
+
+* plain: q/k/v/o are ``(BW, heads, N, D)`` tensors; per-tensor strides ``(s0, s1, s2, s3)`` are
+  ``(window, head, token, unused)``;
+* shifted: q/k/v are channel slices of a ``(B, H, W, 3*C)`` map and o of a ``(B, H, W, C)`` map; the
+  strides are ``(batch, head (= D), row, col)``. Window ``w`` of image ``b`` covers the rows/cols of
+  the cyclically shifted map, so token ``i`` of the window lives at ``((y + shift) % H, (x + shift) % W)``
+  of the unshifted map: Swin's ``roll(-shift)`` + partition (and reverse + ``roll(+shift)`` on the
+  store) become address arithmetic. The shifted-window mask is rebuilt from region ids.
+
+Logits are ``s = scale * q @ k^T + bias + mask`` accumulated in fp32; the forward stores the
+log-sum-exp of every (padded) row, the backward recomputes ``P = exp(s - lse)``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Bias modes (constexpr BIAS_MODE).
+BIAS_NONE = 0
+BIAS_DENSE = 1  # pre-gathered (heads, N, N)
+BIAS_TABLE = 2  # (T, heads) table gathered through an (N, N) index
+# Mask modes (constexpr MASK_MODE).
+MASK_NONE = 0
+MASK_TENSOR = 1  # (nW, N, N) additive mask, window w uses mask[w % nW]
+MASK_REGIONS = 2  # Swin shifted-window mask rebuilt from region ids (shifted layout only)
+
+SHIFT_MASK_VALUE = -100.0  # the value Swin puts between tokens of different regions
+_SHIFT_MASK_VALUE = tl.constexpr(SHIFT_MASK_VALUE)
+
+
+@triton.jit
+def _token_offsets(w, offs_n, s0, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED: tl.constexpr):
+    """Element offsets (without head / channel terms) of the tokens ``offs_n`` of window ``w``."""
+    if SHIFTED:
+        b = w // NWIN
+        wi = w % NWIN
+        y = (wi // NWW) * WS + offs_n // WS
+        x = (wi % NWW) * WS + offs_n % WS
+        ys = (y + SHIFT) % H
+        xs = (x + SHIFT) % W
+        offs = b * s0 + ys * s2 + xs * s3
+    else:
+        offs = w * s0 + offs_n * s2
+    return offs
+
+
+@triton.jit
+def _region_ids(w, offs_n, WS, H, W, NWW, NWIN, SHIFT):
+    """Swin region id (0..8) of tokens ``offs_n`` of window ``w`` in the shifted frame."""
+    wi = w % NWIN
+    y = (wi // NWW) * WS + offs_n // WS
+    x = (wi % NWW) * WS + offs_n % WS
+    ry = (y >= H - WS).to(tl.int32) + (y >= H - SHIFT).to(tl.int32)
+    rx = (x >= W - WS).to(tl.int32) + (x >= W - SHIFT).to(tl.int32)
+    return ry * 3 + rx
+
+
+@triton.jit
+def _logits(
+    q,
+    k,
+    w,
+    h,
+    offs_i,
+    offs_j,
+    N,
+    scale,
+    BIAS,
+    sb0,
+    sb1,
+    sb2,
+    INDEX,
+    si0,
+    si1,
+    MASK,
+    sm0,
+    sm1,
+    sm2,
+    n_mask,
+    WS,
+    H,
+    W,
+    NWW,
+    NWIN,
+    SHIFT,
+    BIAS_MODE: tl.constexpr,
+    MASK_MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """fp32 logits ``(N_PAD, N_PAD)`` of one (window, head): scale * q k^T + bias + mask, padded keys -inf."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+    valid = (offs_i[:, None] < N) & (offs_j[None, :] < N)
+    if BIAS_MODE == 1:
+        b = tl.load(BIAS + h * sb0 + offs_i[:, None] * sb1 + offs_j[None, :] * sb2, mask=valid, other=0.0)
+        s += b.to(tl.float32)
+    elif BIAS_MODE == 2:
+        idx = tl.load(INDEX + offs_i[:, None] * si0 + offs_j[None, :] * si1, mask=valid, other=0)
+        b = tl.load(BIAS + idx.to(tl.int64) * sb0 + h * sb1, mask=valid, other=0.0)
+        s += b.to(tl.float32)
+    if MASK_MODE == 1:
+        mw = w % n_mask
+        m = tl.load(MASK + mw * sm0 + offs_i[:, None] * sm1 + offs_j[None, :] * sm2, mask=valid, other=0.0)
+        s += m.to(tl.float32)
+    elif MASK_MODE == 2:
+        ri = _region_ids(w, offs_i, WS, H, W, NWW, NWIN, SHIFT)
+        rj = _region_ids(w, offs_j, WS, H, W, NWW, NWIN, SHIFT)
+        s += tl.where(ri[:, None] != rj[None, :], _SHIFT_MASK_VALUE, 0.0)
+    return tl.where(offs_j[None, :] < N, s, float("-inf"))
+
+
+@triton.jit
+def _window_attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    BIAS,
+    INDEX,
+    MASK,
+    sq0,
+    sq1,
+    sq2,
+    sq3,
+    sk0,
+    sk1,
+    sk2,
+    sk3,
+    sv0,
+    sv1,
+    sv2,
+    sv3,
+    so0,
+    so1,
+    so2,
+    so3,
+    sb0,
+    sb1,
+    sb2,
+    si0,
+    si1,
+    sm0,
+    sm1,
+    sm2,
+    N,
+    D,
+    n_mask,
+    scale,
+    WS,
+    H,
+    W,
+    NWW,
+    NWIN,
+    SHIFT,
+    N_PAD: tl.constexpr,
+    D_PAD: tl.constexpr,
+    SHIFTED: tl.constexpr,
+    BIAS_MODE: tl.constexpr,
+    MASK_MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Grid ``(BW, heads)``: O[w, h] = softmax(scale q k^T + bias + mask) v; LSE[w, h, :] (fp32, N_PAD)."""
+    w = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    heads = tl.num_programs(1)
+    offs_n = tl.arange(0, N_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_n < N
+    io_mask = row_ok[:, None] & (offs_d[None, :] < D)
+
+    tq = _token_offsets(w, offs_n, sq0, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    tk = _token_offsets(w, offs_n, sk0, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    tv = _token_offsets(w, offs_n, sv0, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    q = tl.load(Q + h * sq1 + tq[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+    k = tl.load(K + h * sk1 + tk[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+    v = tl.load(V + h * sv1 + tv[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+
+    s = _logits(
+        q, k, w, h, offs_n, offs_n, N, scale, BIAS, sb0, sb1, sb2, INDEX, si0, si1, MASK, sm0, sm1, sm2, n_mask,
+        WS, H, W, NWW, NWIN, SHIFT, BIAS_MODE, MASK_MODE, DOT_PREC,
+    )  # fmt: skip
+    m = tl.max(s, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: keep exp() finite (output is NaN, as in torch)
+    p = tl.exp(s - m[:, None])
+    lsum = tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    out = acc / lsum[:, None]
+
+    to = _token_offsets(w, offs_n, so0, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    tl.store(O + h * so1 + to[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=io_mask)
+    tl.store(LSE + (w * heads + h) * N_PAD + offs_n, m + tl.log(lsum))
+
+
+@triton.jit
+def _window_attn_bwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    DO,
+    LSE,
+    DQ,
+    DK,
+    DV,
+    DBIAS,
+    BIAS,
+    INDEX,
+    MASK,
+    sq0,
+    sq1,
+    sq2,
+    sq3,
+    sk0,
+    sk1,
+    sk2,
+    sk3,
+    sv0,
+    sv1,
+    sv2,
+    sv3,
+    so0,
+    so1,
+    so2,
+    so3,
+    sd0,
+    sd1,
+    sd2,
+    sd3,
+    sb0,
+    sb1,
+    sb2,
+    si0,
+    si1,
+    sm0,
+    sm1,
+    sm2,
+    N,
+    D,
+    BW,
+    windows_per_program,
+    n_mask,
+    scale,
+    WS,
+    H,
+    W,
+    NWW,
+    NWIN,
+    SHIFT,
+    N_PAD: tl.constexpr,
+    D_PAD: tl.constexpr,
+    SHIFTED: tl.constexpr,
+    BIAS_MODE: tl.constexpr,
+    MASK_MODE: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Grid ``(groups, heads)``; program g handles windows ``[g*G, min((g+1)*G, BW))`` of head h.
+
+    Writes dQ/dK/dV (layout ``sd*``, shared by the three) and, with ``BIAS_GRAD``, the sum over its
+    windows of dS = d(loss)/d(logits) into ``DBIAS[g, h]`` (fp32 ``(groups, heads, N_PAD, N_PAD)``),
+    which the launcher reduces over ``g`` with torch: a deterministic two-stage reduction, no atomics.
+    O and dO share the layout ``so*``.
+    """
+    g = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    heads = tl.num_programs(1)
+    offs_n = tl.arange(0, N_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_n < N
+    io_mask = row_ok[:, None] & (offs_d[None, :] < D)
+
+    dbias = tl.zeros((N_PAD, N_PAD), dtype=tl.float32)
+    w_start = g * windows_per_program
+    w_end = tl.minimum(w_start + windows_per_program, BW)
+    for w in range(w_start, w_end):
+        tq = _token_offsets(w, offs_n, sq0, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        tk = _token_offsets(w, offs_n, sk0, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        tv = _token_offsets(w, offs_n, sv0, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        to = _token_offsets(w, offs_n, so0, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        td = _token_offsets(w, offs_n, sd0, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        q = tl.load(Q + h * sq1 + tq[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        k = tl.load(K + h * sk1 + tk[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        v = tl.load(V + h * sv1 + tv[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        o = tl.load(O + h * so1 + to[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        do = tl.load(DO + h * so1 + to[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        lse = tl.load(LSE + (w * heads + h) * N_PAD + offs_n)
+
+        s = _logits(
+            q, k, w, h, offs_n, offs_n, N, scale, BIAS, sb0, sb1, sb2, INDEX, si0, si1, MASK, sm0, sm1, sm2,
+            n_mask, WS, H, W, NWW, NWIN, SHIFT, BIAS_MODE, MASK_MODE, DOT_PREC,
+        )  # fmt: skip
+        p = tl.exp(s - lse[:, None])  # padded keys: exp(-inf) = 0
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # rowsum(dO * O), 0 on padded rows
+
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])  # d loss / d logits; 0 on padded rows and keys
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC) * scale
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC) * scale
+
+        tl.store(DQ + h * sd1 + td[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=io_mask)
+        tl.store(DK + h * sd1 + td[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=io_mask)
+        tl.store(DV + h * sd1 + td[:, None] + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=io_mask)
+        if BIAS_GRAD:
+            dbias += ds
+
+    if BIAS_GRAD:
+        base = (g * heads + h) * N_PAD * N_PAD
+        tl.store(DBIAS + base + offs_n[:, None] * N_PAD + offs_n[None, :], dbias)

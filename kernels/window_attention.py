@@ -1,0 +1,558 @@
+"""Fused Swin window attention (forward + backward) in Triton.
+
+Public API (re-exported by ``patchloupe.kernels``):
+
+* :func:`window_attention` -- ``(BW, heads, N, D)`` q/k/v, relative-position bias (pre-gathered or
+  ``(table, index)``), optional ``(nW, N, N)`` additive window mask.
+* :func:`window_attention_fused_shift` -- reads the ``(B, H, W, 3*C)`` qkv feature map directly; the
+  cyclic shift, window partition, window reverse and shifted-window mask are index arithmetic in the
+  kernel, so no rolled / partitioned copies are made. Output ``(B, H, W, C)``.
+* :func:`is_available`, :func:`supports` -- for the model's dispatch (fall back to SDPA otherwise).
+
+Triton is imported lazily (on the first launch), so this module imports without triton. Kernels
+run on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set
+before the first launch).
+
+Numerics: logits, softmax and all matmuls accumulate in fp32 (fp32 inputs use IEEE fp32 dots unless
+``torch.backends.cuda.matmul.allow_tf32`` is set, then TF32); outputs and q/k/v gradients are cast
+to the input dtype, the bias gradient to the bias dtype. The bias gradient is reduced over windows
+deterministically (per-program partial sums, then a torch sum; the table form scatters through a
+one-hot matmul), so repeated backwards give bit-identical results on a given device.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+__all__ = [
+    "MAX_HEAD_DIM",
+    "MAX_TOKENS",
+    "MIN_HEAD_DIM",
+    "is_available",
+    "supports",
+    "supports_fused_shift",
+    "window_attention",
+    "window_attention_fused_shift",
+]
+
+MAX_TOKENS = 64  # tokens per window (a whole window lives in one program)
+MIN_HEAD_DIM = 8
+MAX_HEAD_DIM = 64
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+# Backward: a program handles several windows of one head when the bias needs a gradient, so the
+# fp32 per-program partial sums stay small; aim for about this many programs in total.
+_BWD_TARGET_PROGRAMS = 2048
+
+BiasArg = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+
+
+class _Reject(Exception):
+    """Internal: an unsupported input; ``kind`` is the exception type the launcher raises."""
+
+    def __init__(self, kind: type[Exception], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------------------------
+# availability
+# --------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def is_available() -> bool:
+    """True when triton imports and kernels can run (a CUDA device, or ``TRITON_INTERPRET=1``)."""
+    if _triton_import_error() is not None:
+        return False
+    return torch.cuda.is_available() or _interpreting()
+
+
+def _impl() -> ModuleType:
+    err = _triton_import_error()
+    if err is not None:
+        raise RuntimeError(f"patchloupe.kernels needs triton (pip install 'patchloupe[triton]'); import failed: {err}")
+    return importlib.import_module("patchloupe.kernels._window_attention_triton")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+def _pad(n: int) -> int:
+    """Block size for ``n`` tokens / head dims: next power of two, at least 16 (``tl.dot`` minimum)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _check_device(tensors: list[torch.Tensor]) -> None:
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device != dev:
+            raise _Reject(ValueError, f"all inputs must be on one device, got {dev} and {t.device}")
+    if dev.type == "cuda":
+        return
+    if dev.type == "cpu":
+        if not _interpreting():
+            raise _Reject(ValueError, "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1)")
+        return
+    raise _Reject(ValueError, f"unsupported device {dev} (CUDA, or CPU under TRITON_INTERPRET=1)")
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise _Reject(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise _Reject(TypeError, f"{name} dtype {t.dtype} unsupported (float32, float16, bfloat16)")
+
+
+def _unpack_bias(bias: BiasArg, heads: int, n: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+    """Return (mode, bias or table, index) after checking shapes; mode as in the triton module."""
+    if bias is None:
+        return 0, None, None
+    if isinstance(bias, (tuple, list)):
+        if len(bias) != 2:
+            raise _Reject(ValueError, "bias as a sequence must be the pair (table, index)")
+        table, index = bias
+        _check_float("bias table", table)
+        if not isinstance(index, torch.Tensor) or index.dtype not in _INDEX_DTYPES:
+            raise _Reject(TypeError, "bias index must be an int32/int64 tensor")
+        if table.dim() != 2 or table.shape[1] != heads:
+            raise _Reject(ValueError, f"bias table must be (T, heads={heads}), got {tuple(table.shape)}")
+        if tuple(index.shape) != (n, n):
+            raise _Reject(ValueError, f"bias index must be (N, N) = ({n}, {n}), got {tuple(index.shape)}")
+        return 2, table, index
+    _check_float("bias", bias)
+    if tuple(bias.shape) != (heads, n, n):
+        raise _Reject(ValueError, f"bias must be (heads, N, N) = ({heads}, {n}, {n}), got {tuple(bias.shape)}")
+    return 1, bias, None
+
+
+def _check_head_dim(d: int) -> None:
+    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
+        raise _Reject(ValueError, f"head dim {d} unsupported ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
+
+
+def _check_tokens(n: int) -> None:
+    if not 1 <= n <= MAX_TOKENS:
+        raise _Reject(ValueError, f"window of {n} tokens unsupported (1..{MAX_TOKENS})")
+
+
+def _validate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasArg, mask: torch.Tensor | None
+) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, t)
+    if q.dim() != 4:
+        raise _Reject(ValueError, f"q must be (B*nW, heads, N, D), got shape {tuple(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise _Reject(ValueError, f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise _Reject(TypeError, f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    bw, heads, n, d = q.shape
+    if bw == 0 or heads == 0:
+        raise _Reject(ValueError, f"empty input {tuple(q.shape)}")
+    _check_tokens(n)
+    _check_head_dim(d)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise _Reject(ValueError, f"{name} must be contiguous in its last (head) dim, got strides {t.stride()}")
+    mode, b, index = _unpack_bias(bias, heads, n)
+    tensors = [q, k, v] + [t for t in (b, index) if t is not None]
+    if mask is not None:
+        _check_float("mask", mask)
+        if mask.dim() != 3 or mask.shape[1:] != (n, n) or mask.shape[0] == 0:
+            raise _Reject(ValueError, f"mask must be (nW, N, N) with N={n}, got {tuple(mask.shape)}")
+        if bw % mask.shape[0] != 0:
+            raise _Reject(ValueError, f"B*nW = {bw} is not a multiple of the mask's nW = {mask.shape[0]}")
+        tensors.append(mask)
+    _check_device(tensors)
+    return mode, b, index
+
+
+def supports(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasArg, mask: torch.Tensor | None = None
+) -> tuple[bool, str]:
+    """Whether :func:`window_attention` can run these inputs; ``(False, reason)`` when not."""
+    if _triton_import_error() is not None:
+        return False, f"triton not importable ({_triton_import_error()})"
+    if not is_available():
+        return False, "no CUDA device and TRITON_INTERPRET is not set"
+    try:
+        _validate(q, k, v, bias, mask)
+    except _Reject as rej:
+        return False, str(rej)
+    return True, ""
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Geometry:
+    """Where windows live. ``shifted=False``: (BW, heads, N, D) tensors; else a (B, H, W, ...) map."""
+
+    windows: int  # BW = B * nW
+    heads: int
+    n: int
+    d: int
+    shifted: bool = False
+    window: int = 1  # window side (shifted layout)
+    height: int = 1
+    width: int = 1
+    shift: int = 0
+
+    @property
+    def windows_per_row(self) -> int:
+        return self.width // self.window
+
+    @property
+    def windows_per_image(self) -> int:
+        return (self.height // self.window) * (self.width // self.window)
+
+    def strides(self, t: torch.Tensor) -> tuple[int, int, int, int]:
+        """Kernel strides (s0, s1, s2, s3): plain (window, head, token, 0); shifted (batch, head, row, col)."""
+        if self.shifted:
+            return t.stride(0), self.d * t.stride(3), t.stride(1), t.stride(2)
+        return t.stride(0), t.stride(1), t.stride(2), 0
+
+    def shift_args(self) -> tuple[int, int, int, int, int, int]:
+        return self.window, self.height, self.width, self.windows_per_row, self.windows_per_image, self.shift
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"  # ignored by tl.dot for fp16 / bf16 operands
+
+
+def _num_warps(n_pad: int, d_pad: int) -> int:
+    return 4 if n_pad * max(n_pad, d_pad) >= 64 * 64 else 2
+
+
+def _bias_args(
+    mode: int, bias: torch.Tensor | None, index: torch.Tensor | None, dummy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], tuple[int, int]]:
+    if mode == 1:
+        return bias, dummy, (bias.stride(0), bias.stride(1), bias.stride(2)), (0, 0)
+    if mode == 2:
+        return bias, index, (bias.stride(0), bias.stride(1), 0), (index.stride(0), index.stride(1))
+    return dummy, dummy, (0, 0, 0), (0, 0)
+
+
+def _mask_args(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], int]:
+    if mask is None:
+        return dummy, (0, 0, 0), 1
+    return mask, (mask.stride(0), mask.stride(1), mask.stride(2)), mask.shape[0]
+
+
+def _launch_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    geom: _Geometry,
+    bias_mode: int,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    mask_mode: int,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Fill ``o``; return the fp32 log-sum-exp ``(BW, heads, N_PAD)``."""
+    impl = _impl()
+    n_pad, d_pad = _pad(geom.n), _pad(geom.d)
+    lse = torch.empty((geom.windows, geom.heads, n_pad), device=q.device, dtype=torch.float32)
+    b_t, i_t, sb, si = _bias_args(bias_mode, bias, index, q)
+    m_t, sm, n_mask = _mask_args(mask, q)
+    impl._window_attn_fwd_kernel[(geom.windows, geom.heads)](
+        q, k, v, o, lse, b_t, i_t, m_t,
+        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o),
+        *sb, *si, *sm,
+        geom.n, geom.d, n_mask, float(scale), *geom.shift_args(),
+        N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
+        DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, d_pad),
+    )  # fmt: skip
+    return lse
+
+
+def _launch_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    do: torch.Tensor,
+    lse: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+    geom: _Geometry,
+    bias_mode: int,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    mask_mode: int,
+    mask: torch.Tensor | None,
+    scale: float,
+    bias_grad: bool,
+) -> torch.Tensor | None:
+    """Fill dq/dk/dv (same strides for the three; ``do`` has ``o``'s strides).
+
+    Returns the fp32 bias gradient ``(heads, N, N)`` summed over windows when ``bias_grad``.
+    """
+    impl = _impl()
+    n_pad, d_pad = _pad(geom.n), _pad(geom.d)
+    if bias_grad:
+        per_prog = max(1, math.ceil(geom.windows * geom.heads / _BWD_TARGET_PROGRAMS))
+    else:
+        per_prog = 1
+    groups = math.ceil(geom.windows / per_prog)
+    part = torch.empty((groups, geom.heads, n_pad, n_pad) if bias_grad else (1,), device=q.device, dtype=torch.float32)
+    b_t, i_t, sb, si = _bias_args(bias_mode, bias, index, q)
+    m_t, sm, n_mask = _mask_args(mask, q)
+    impl._window_attn_bwd_kernel[(groups, geom.heads)](
+        q, k, v, o, do, lse, dq, dk, dv, part, b_t, i_t, m_t,
+        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o), *geom.strides(dq),
+        *sb, *si, *sm,
+        geom.n, geom.d, geom.windows, per_prog, n_mask, float(scale), *geom.shift_args(),
+        N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
+        BIAS_GRAD=bias_grad, DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, d_pad),
+    )  # fmt: skip
+    if not bias_grad:
+        return None
+    return part.sum(0)[:, : geom.n, : geom.n]
+
+
+def _bias_grad(dbias: torch.Tensor, bias_mode: int, bias: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """fp32 (heads, N, N) logits gradient -> gradient of the dense bias, or of the (T, heads) table."""
+    if bias_mode == 1:
+        return dbias.to(bias.dtype)
+    heads = dbias.shape[0]
+    flat_index = index.reshape(-1).long()
+    # Deterministic scatter-add: one-hot (T, N*N) @ (N*N, heads); index_add_ would use atomics on CUDA.
+    one_hot = (flat_index[None, :] == torch.arange(bias.shape[0], device=dbias.device)[:, None]).to(torch.float32)
+    return (one_hot @ dbias.reshape(heads, -1).t()).to(bias.dtype)
+
+
+def _output_grad(do: torch.Tensor) -> torch.Tensor:
+    return do if do.is_contiguous() else do.contiguous()
+
+
+class _WindowAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: inputs (q, k, v, bias_or_table, index, mask, bias_mode, scale)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None,
+        index: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        bias_mode: int,
+        scale: float,
+    ) -> torch.Tensor:
+        bw, heads, n, d = q.shape
+        geom = _Geometry(windows=bw, heads=heads, n=n, d=d)
+        o = torch.empty((bw, heads, n, d), device=q.device, dtype=q.dtype)
+        mask_mode = 0 if mask is None else 1
+        lse = _launch_forward(q, k, v, o, geom, bias_mode, bias, index, mask_mode, mask, scale)
+        ctx.save_for_backward(q, k, v, o, lse, bias, index, mask)
+        ctx.geom, ctx.bias_mode, ctx.mask_mode, ctx.scale = geom, bias_mode, mask_mode, scale
+        return o
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, o, lse, bias, index, mask = ctx.saved_tensors
+        do = _output_grad(do)
+        dq, dk, dv = (torch.empty_like(o) for _ in range(3))
+        bias_grad = bias is not None and ctx.needs_input_grad[3]
+        dbias = _launch_backward(
+            q, k, v, o, do, lse, dq, dk, dv, ctx.geom, ctx.bias_mode, bias, index, ctx.mask_mode, mask, ctx.scale,
+            bias_grad,
+        )  # fmt: skip
+        dbias_out = _bias_grad(dbias, ctx.bias_mode, bias, index) if bias_grad else None
+        return dq, dk, dv, dbias_out, None, None, None, None
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: BiasArg,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Swin window attention ``softmax(scale * q @ k^T + bias + mask) @ v``, fused, with autograd.
+
+    Args:
+        q, k, v: ``(B*nW, heads, N, D)``, one dtype of float32/float16/bfloat16, same device (CUDA,
+            or CPU under ``TRITON_INTERPRET=1``), unit stride in the last dim (other strides are
+            free, e.g. the permuted views of Swin's packed qkv). ``1 <= N <= 64``, ``8 <= D <= 64``.
+        bias: the relative-position bias, either pre-gathered ``(heads, N, N)`` or the pair
+            ``(table, index)`` with table ``((2M-1)^2, heads)`` and index ``(N, N)`` int32/int64
+            (values in ``[0, T)``, not checked), gathered in-kernel as ``table[index[i, j], h]``.
+            ``None`` means no bias. Gets a gradient (summed over windows / scattered into the table).
+        mask: ``(nW, N, N)`` additive mask (0 / -100 or -inf); row ``w`` of q uses ``mask[w % nW]``.
+            No gradient.
+        scale: logit scale, default ``D ** -0.5``.
+
+    Returns:
+        ``(B*nW, heads, N, D)`` in q's dtype (contiguous).
+
+    Raises:
+        TypeError / ValueError: unsupported dtype / shape / device / layout (see :func:`supports`).
+        RuntimeError: triton is not installed.
+    """
+    try:
+        bias_mode, b, index = _validate(q, k, v, bias, mask)
+    except _Reject as rej:
+        raise rej.kind(f"window_attention: {rej}") from None
+    _impl()  # clear RuntimeError without triton
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return _WindowAttentionFunction.apply(q, k, v, b, index, mask, bias_mode, float(scale))
+
+
+# --------------------------------------------------------------------------------------------
+# fused shift / partition / reverse variant
+# --------------------------------------------------------------------------------------------
+def _validate_fused(
+    qkv: torch.Tensor, bias: BiasArg, num_heads: int, window_size: int, shift_size: int
+) -> tuple[_Geometry, int, torch.Tensor | None, torch.Tensor | None]:
+    _check_float("qkv", qkv)
+    if qkv.dim() != 4:
+        raise _Reject(ValueError, f"qkv must be (B, H, W, 3*C), got shape {tuple(qkv.shape)}")
+    bsz, height, width, c3 = qkv.shape
+    if num_heads <= 0 or c3 % (3 * num_heads) != 0:
+        raise _Reject(ValueError, f"qkv channels {c3} are not 3 * num_heads({num_heads}) * head_dim")
+    d = c3 // (3 * num_heads)
+    _check_head_dim(d)
+    if window_size <= 0:
+        raise _Reject(ValueError, f"window_size must be positive, got {window_size}")
+    n = window_size * window_size
+    _check_tokens(n)
+    if height % window_size or width % window_size or bsz == 0 or height == 0 or width == 0:
+        raise _Reject(ValueError, f"H x W = {height} x {width} must be non-empty multiples of window {window_size}")
+    if not 0 <= shift_size < window_size:
+        raise _Reject(ValueError, f"shift_size must be in [0, window_size), got {shift_size}")
+    if qkv.stride(-1) != 1:
+        raise _Reject(ValueError, f"qkv must be contiguous in its channel dim, got strides {qkv.stride()}")
+    mode, b, index = _unpack_bias(bias, num_heads, n)
+    _check_device([qkv] + [t for t in (b, index) if t is not None])
+    windows = bsz * (height // window_size) * (width // window_size)
+    geom = _Geometry(
+        windows=windows, heads=num_heads, n=n, d=d, shifted=True, window=window_size, height=height, width=width,
+        shift=shift_size,
+    )  # fmt: skip
+    return geom, mode, b, index
+
+
+def supports_fused_shift(
+    qkv: torch.Tensor, bias: BiasArg, num_heads: int, window_size: int, shift_size: int = 0
+) -> tuple[bool, str]:
+    """Whether :func:`window_attention_fused_shift` can run these inputs; ``(False, reason)`` when not."""
+    if not is_available():
+        return False, "triton not importable, or no CUDA device and TRITON_INTERPRET is not set"
+    try:
+        _validate_fused(qkv, bias, num_heads, window_size, shift_size)
+    except _Reject as rej:
+        return False, str(rej)
+    return True, ""
+
+
+class _FusedShiftFunction(torch.autograd.Function):
+    """Autograd wrapper: inputs (qkv, bias_or_table, index, geom, bias_mode, scale)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        qkv: torch.Tensor,
+        bias: torch.Tensor | None,
+        index: torch.Tensor | None,
+        geom: _Geometry,
+        bias_mode: int,
+        scale: float,
+    ) -> torch.Tensor:
+        c = geom.heads * geom.d
+        out = torch.empty(qkv.shape[:3] + (c,), device=qkv.device, dtype=qkv.dtype)
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        mask_mode = 2 if geom.shift > 0 else 0
+        lse = _launch_forward(q, k, v, out, geom, bias_mode, bias, index, mask_mode, None, scale)
+        ctx.save_for_backward(qkv, out, lse, bias, index)
+        ctx.geom, ctx.bias_mode, ctx.mask_mode, ctx.scale = geom, bias_mode, mask_mode, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        qkv, out, lse, bias, index = ctx.saved_tensors
+        geom = ctx.geom
+        c = geom.heads * geom.d
+        dout = _output_grad(dout)
+        dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)  # every element is written once
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        dq, dk, dv = dqkv[..., :c], dqkv[..., c : 2 * c], dqkv[..., 2 * c :]
+        bias_grad = bias is not None and ctx.needs_input_grad[1]
+        dbias = _launch_backward(
+            q, k, v, out, dout, lse, dq, dk, dv, geom, ctx.bias_mode, bias, index, ctx.mask_mode, None, ctx.scale,
+            bias_grad,
+        )  # fmt: skip
+        dbias_out = _bias_grad(dbias, ctx.bias_mode, bias, index) if bias_grad else None
+        return dqkv, dbias_out, None, None, None, None
+
+
+def window_attention_fused_shift(
+    qkv: torch.Tensor,
+    bias: BiasArg,
+    num_heads: int,
+    window_size: int,
+    shift_size: int = 0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """(Shifted-)window attention straight from the qkv feature map, with autograd.
+
+    Equivalent to Swin's ``roll(-shift) -> window_partition -> attention (+ shifted-window mask)
+    -> window_reverse -> roll(+shift)``, with the roll / partition / reverse done as address
+    arithmetic (modulo H and W) in the kernels and the -100 region mask rebuilt in-kernel, so no
+    rolled or partitioned copy of the map is made (forward or backward).
+
+    Args:
+        qkv: ``(B, H, W, 3*C)`` output of the block's qkv projection applied per token to the
+            *unshifted* map; channels laid out ``(3, heads, D)`` as in Swin's
+            ``qkv.reshape(B_, N, 3, heads, D)``; ``C = heads * D``, ``8 <= D <= 64``. H and W must be
+            multiples of ``window_size`` (pad before the projection otherwise); unit channel stride.
+        bias: pre-gathered ``(heads, N, N)`` or ``(table, index)``, ``N = window_size**2 <= 64``
+            (see :func:`window_attention`); gets a gradient.
+        num_heads: number of heads.
+        window_size: window side M.
+        shift_size: cyclic shift in ``[0, M)``; ``> 0`` applies Swin's shifted-window mask (-100).
+            (As in Swin, callers set it to 0 when the map is no larger than one window.)
+        scale: logit scale, default ``D ** -0.5``.
+
+    Returns:
+        ``(B, H, W, C)`` in qkv's dtype, channels ``(heads, D)``, tokens at their unshifted positions
+        (ready for the output projection).
+    """
+    try:
+        geom, bias_mode, b, index = _validate_fused(qkv, bias, num_heads, window_size, shift_size)
+    except _Reject as rej:
+        raise rej.kind(f"window_attention_fused_shift: {rej}") from None
+    _impl()
+    if scale is None:
+        scale = geom.d**-0.5
+    return _FusedShiftFunction.apply(qkv, b, index, geom, bias_mode, float(scale))
