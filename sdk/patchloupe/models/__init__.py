@@ -9,6 +9,12 @@ from patchloupe.models.attention import (
     set_attention_backend,
     window_attention,
 )
+from patchloupe.models.generator import (
+    PRESETS,
+    GeneratorConfig,
+    PatternGenerator,
+    build_generator,
+)
 from patchloupe.models.layers import (
     DropPath,
     FinalPatchExpandX4,
@@ -23,6 +29,10 @@ from patchloupe.models.layers import (
 )
 
 __all__ = [
+    "PRESETS",
+    "GeneratorConfig",
+    "PatternGenerator",
+    "build_generator",
     "DropPath",
     "FinalPatchExpandX4",
     "Mlp",

@@ -207,8 +207,8 @@ def window_attention_sdpa(
     """
     nw = _check_shapes(q, k, v, bias, mask)
     bias = bias.to(q.dtype)
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if mask is None:  # a stride-0 4-D view: SDPA's fused CPU kernel takes it, a 3-D broadcast mask is unfused
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(q.shape[0], -1, -1, -1), scale=scale)
     bw, heads = q.shape[:2]
     n = q.shape[2]
     attn_mask = bias[None] + mask.to(q.dtype)[:, None]  # (nW, heads, N, N)
