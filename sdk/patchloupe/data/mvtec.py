@@ -116,10 +116,12 @@ class MVTecCategory:
         """Sorted defect-free training images."""
         return list(self._train)
 
-    def test_items(self, kinds: tuple[str, ...] | list[str] | None = None) -> list[TestItem]:
+    def test_items(self, kinds: str | tuple[str, ...] | list[str] | None = None) -> list[TestItem]:
         """Test items sorted by kind, then file name; ``kinds`` restricts them (e.g. ``['good', 'crack']``)."""
         if kinds is None:
             return list(self._items)
+        if isinstance(kinds, str):
+            kinds = (kinds,)
         unknown = set(kinds) - {GOOD, *self._kinds}
         if unknown:
             raise DatasetError(f"{self.root}: unknown defect kind(s) {sorted(unknown)}; have {list(self._kinds)}")

@@ -340,9 +340,12 @@ def render_texture(
     ang = rng.uniform(0, 2 * np.pi)
     amp = _F(rng.uniform(0.0, 0.12))
     light = 1 + amp * ((x / _F(w) - 0.5) * _F(np.cos(ang)) + (y / _F(h) - 0.5) * _F(np.sin(ang)))
-    img = img * gain * light[:, :, None]
+    img = np.multiply(img, light[:, :, None] * gain, dtype=np.float32)
     img += _sensor_noise(img.shape, rng, float(rng.uniform(0.006, 0.014)))
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    np.clip(img, 0.0, 1.0, out=img)
+    img *= _F(255.0)
+    img += _F(0.5)
+    return img.astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------ defects
