@@ -38,6 +38,11 @@ def _metrics(res: dict[str, Any]) -> dict[str, Any]:
     return {k: res.get(k) for k in keys}
 
 
+def _cat(data: Path, fam: str, style: int) -> Path:
+    """Folder that ``generate_dataset`` writes for a family in a style."""
+    return data / (fam if style == 0 else f"{fam}_style{style}")
+
+
 def _fit(train_dir: Path, args: argparse.Namespace, **kw: Any) -> Any:
     from patchloupe import Detector
 
@@ -52,12 +57,12 @@ def section_families(args: argparse.Namespace, data: Path) -> list[dict[str, Any
     from patchloupe.data.synth import FAMILIES, generate_dataset
 
     fams = args.families.split(",") if args.families else list(FAMILIES)
-    generate_dataset(data / "style0", families=fams, n_train=args.n_train, n_test_good=args.n_test_good,
+    generate_dataset(data, families=fams, n_train=args.n_train, n_test_good=args.n_test_good,
                      n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed, style=0)
     rows = []
     for fam in fams:
-        det = _fit(data / "style0" / fam / "train" / "good", args)
-        res = det.evaluate(data / "style0" / fam)
+        det = _fit(_cat(data, fam, 0) / "train" / "good", args)
+        res = det.evaluate(_cat(data, fam, 0))
         rows.append({"family": fam, "grid": list(det.config.grid), "fit_s": det.config.training["bench_fit_wall_s"],
                      **_metrics(res)})
         log.info("families %s", rows[-1])
@@ -70,13 +75,13 @@ def section_shift(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     rows = []
     for fam in args.shift_families.split(","):
         for style in (0, 1):
-            generate_dataset(data / f"style{style}", families=[fam], n_train=args.n_train,
+            generate_dataset(data, families=[fam], n_train=args.n_train,
                              n_test_good=args.n_test_good, n_test_defect_per_kind=args.n_test_defect, size=256,
                              seed=args.seed + style, style=style)
-        src = _fit(data / "style0" / fam / "train" / "good", args)
-        tgt = _fit(data / "style1" / fam / "train" / "good", args)
-        shifted = _metrics(src.evaluate(data / "style1" / fam))
-        same = _metrics(tgt.evaluate(data / "style1" / fam))
+        src = _fit(_cat(data, fam, 0) / "train" / "good", args)
+        tgt = _fit(_cat(data, fam, 1) / "train" / "good", args)
+        shifted = _metrics(src.evaluate(_cat(data, fam, 1)))
+        same = _metrics(tgt.evaluate(_cat(data, fam, 1)))
         rows.append({"family": fam, "fit_on": "style0", "eval_on": "style1", "shifted": shifted, "same_style": same,
                      "image_auroc_drop": (same["image_auroc"] or 0) - (shifted["image_auroc"] or 0)})
         log.info("shift %s", rows[-1])
@@ -91,10 +96,10 @@ def section_default(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     rows = []
     style = args.unseen_style
     fams = args.families.split(",") if args.families else list(FAMILIES)
-    generate_dataset(data / f"style{style}", families=fams, n_train=0, n_test_good=args.n_test_good,
+    generate_dataset(data / "unseen", families=fams, n_train=0, n_test_good=args.n_test_good,
                      n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed + 100, style=style)
     for fam in fams:
-        rows.append({"data": f"{fam}/style{style}", **_metrics(det.evaluate(data / f"style{style}" / fam))})
+        rows.append({"data": f"{fam}/style{style}", **_metrics(det.evaluate(_cat(data / "unseen", fam, style)))})
     if TILE.is_dir():
         rows.append({"data": "magnetic_tile", **_metrics(det.evaluate(TILE))})
     return rows
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="families,shift,default,tile,cost")
     p.add_argument("--families", default=None, help="comma-separated generated families (default: all)")
-    p.add_argument("--shift-families", default="cloth,grid")
+    p.add_argument("--shift-families", default="cloth,mesh")
     p.add_argument("--unseen-style", type=int, default=1)
     p.add_argument("--n-train", type=int, default=60)
     p.add_argument("--n-test-good", type=int, default=20)

@@ -12,7 +12,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEMO_FAMILIES = ("cloth", "grid", "metal")
+DEMO_FAMILIES = ("cloth", "mesh", "metal")
 OVERLAYS_PER_KIND = 2
 
 
