@@ -1,7 +1,18 @@
+// patchloupe._native: pybind11 module entry point. Registration lives in register_*.cpp.
 #include <pybind11/pybind11.h>
+
+#include "common.hpp"
 #include "core.hpp"
-namespace py = pybind11;
+
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "patchloupe native helpers";
-  m.def("version_major", &patchloupe::version_major);
+  m.doc() =
+      "patchloupe native helpers (C++17): tile/untile an image into a patch grid, neighbour triplets, "
+      "per-direction verdict/mask intersection and bilinear stitching of patch masks. Each function has a "
+      "numpy twin of the same name and signature in patchloupe._twins.";
+  m.attr("VERSION_MAJOR") = patchloupe::kVersionMajor;
+  m.attr("MAX_ELEMENTS") = patchloupe::kMaxElements;
+  patchloupe::bind::register_tiling(m);
+  patchloupe::bind::register_triplets(m);
+  patchloupe::bind::register_intersect(m);
+  patchloupe::bind::register_stitch(m);
 }
