@@ -63,10 +63,12 @@ void stitch(const float* patch_masks, std::int64_t rows, std::int64_t cols, std:
 
   // Canvas column X lives in patch X / mw at column X % mw; canvas row Y in patch row Y / mh at Y % mh.
   const std::int64_t patch_elems = mh * mw;
-  std::vector<std::int64_t> xoff0(static_cast<std::size_t>(width)), xoff1(static_cast<std::size_t>(width));
+  // Offsets stay below cols * mh * mw <= kMaxElements (checked), so int32 suffices and keeps the
+  // tap tables small enough for L1.
+  std::vector<std::int32_t> xoff0(static_cast<std::size_t>(width)), xoff1(static_cast<std::size_t>(width));
   for (std::int64_t x = 0; x < width; ++x) {
-    xoff0[x] = (tx.i0[x] / mw) * patch_elems + tx.i0[x] % mw;
-    xoff1[x] = (tx.i1[x] / mw) * patch_elems + tx.i1[x] % mw;
+    xoff0[x] = static_cast<std::int32_t>((tx.i0[x] / mw) * patch_elems + tx.i0[x] % mw);
+    xoff1[x] = static_cast<std::int32_t>((tx.i1[x] / mw) * patch_elems + tx.i1[x] % mw);
   }
   const std::int64_t patch_row_elems = cols * patch_elems;
   auto canvas_row = [&](std::int64_t Y) { return patch_masks + (Y / mh) * patch_row_elems + (Y % mh) * mw; };
@@ -75,8 +77,8 @@ void stitch(const float* patch_masks, std::int64_t rows, std::int64_t cols, std:
   // Two horizontally resampled canvas rows per worker (at most 2x the output size in total).
   std::vector<float> scratch(static_cast<std::size_t>(2 * workers) * static_cast<std::size_t>(width));
   const float* wx = tx.w.data();
-  const std::int64_t* o0 = xoff0.data();
-  const std::int64_t* o1 = xoff1.data();
+  const std::int32_t* o0 = xoff0.data();
+  const std::int32_t* o1 = xoff1.data();
 
   parallel_tasks(height, workers, [&](std::int64_t worker, std::int64_t begin, std::int64_t end) {
     // Consecutive output rows mostly reuse the same pair of canvas rows: keep the last two.

@@ -11,7 +11,7 @@ namespace {
 std::string pair_str(std::int64_t a, std::int64_t b) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
 }
-constexpr std::int64_t kCopyGrainBytes = std::int64_t{1} << 20;  // per thread, at least 1 MiB
+constexpr std::int64_t kCopyGrainBytes = std::int64_t{4} << 20;  // per worker, at least 4 MiB
 }  // namespace
 
 TileGeometry make_tile_geometry(std::int64_t height, std::int64_t width, std::int64_t rows, std::int64_t cols,
