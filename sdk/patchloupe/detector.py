@@ -37,7 +37,8 @@ import torch
 
 from patchloupe import _native
 from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
-from patchloupe.results import InspectionError, InspectionResult, atomic_write_bytes
+from patchloupe.results import InspectionError, InspectionResult
+from patchloupe.train.common import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
