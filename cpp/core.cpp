@@ -19,7 +19,7 @@ std::int64_t checked_mul(std::int64_t a, std::int64_t b, const std::string& what
 
 bool has_nan(const float* data, std::int64_t n) {
   std::atomic<bool> found{false};
-  parallel_for(n, std::int64_t{1} << 18, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(n, std::int64_t{1} << 24, [&](std::int64_t begin, std::int64_t end) {
     int nan = 0;  // an int accumulator (not bool) lets the compiler vectorise the scan
     for (std::int64_t i = begin; i < end; ++i) nan |= static_cast<int>(data[i] != data[i]);
     if (nan != 0) found.store(true, std::memory_order_relaxed);

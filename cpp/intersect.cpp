@@ -9,7 +9,7 @@
 namespace patchloupe {
 
 namespace {
-constexpr std::int64_t kGrain = std::int64_t{1} << 21;  // elements per worker, at least (memory-bound)
+constexpr std::int64_t kGrain = std::int64_t{1} << 24;  // elements per worker, at least (memory-bound)
 constexpr std::int64_t kBlock = 1024;                   // elements per cache block
 }
 

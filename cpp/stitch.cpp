@@ -13,7 +13,7 @@ namespace {
 std::string pair_str(std::int64_t a, std::int64_t b) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
 }
-constexpr std::int64_t kRowGrainElems = std::int64_t{1} << 17;  // output elements per worker, at least
+constexpr std::int64_t kRowGrainElems = std::int64_t{1} << 20;  // output elements per worker, at least
 }  // namespace
 
 LinearTaps linear_taps(std::int64_t n_in, std::int64_t n_out, std::int64_t keep) {

@@ -11,7 +11,10 @@ namespace {
 std::string pair_str(std::int64_t a, std::int64_t b) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
 }
-constexpr std::int64_t kCopyGrainBytes = std::int64_t{4} << 20;  // per worker, at least 4 MiB
+// Copies are memory-bound and numpy copies single-threaded: only images far above typical camera
+// frames (>= 64 MiB per worker) are worth extra threads, whose start-up and tail latency on a busy
+// machine otherwise cost more than they save.
+constexpr std::int64_t kCopyGrainBytes = std::int64_t{64} << 20;
 }  // namespace
 
 TileGeometry make_tile_geometry(std::int64_t height, std::int64_t width, std::int64_t rows, std::int64_t cols,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -253,6 +256,25 @@ def test_stitch_matches_cv2_resize(
     expected = cv2.resize(canvas, (cols * pw, rows * ph), interpolation=cv2.INTER_LINEAR)[: out_hw[0], : out_hw[1]]
     # cv2 uses 11-bit fixed-point weights only for uint8; for float32 it is exact up to rounding.
     np.testing.assert_allclose(impl.stitch(masks, grid, out_hw), expected, atol=1e-5)
+
+
+def test_stitch_multithreaded_matches_twin() -> None:
+    # Large enough (>= 2 * 2**20 output pixels) for the native stitch to split rows over threads.
+    masks = np.random.default_rng(4).random((64, 48, 56), dtype=np.float32)
+    out = _native.stitch(masks, (8, 8), (1537, 1793))
+    np.testing.assert_allclose(out, _twins.stitch(masks, (8, 8), (1537, 1793)), rtol=1e-5, atol=1e-6)
+
+
+def test_thread_count_override_in_subprocess() -> None:
+    code = (
+        "import numpy as np\n"
+        "from patchloupe import _native, _twins\n"
+        "m = np.random.default_rng(5).random((12, 40, 30), dtype=np.float32)\n"
+        "a = _native.stitch(m, (3, 4), (1500, 1900))\n"
+        "np.testing.assert_allclose(a, _twins.stitch(m, (3, 4), (1500, 1900)), rtol=1e-5, atol=1e-6)\n"
+    )
+    env = {**os.environ, "PATCHLOUPE_NUM_THREADS": "3"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
 # --------------------------------------------------------------------------------------------------
