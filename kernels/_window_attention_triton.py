@@ -69,22 +69,29 @@ def _region_ids(w, offs_n, WS, H, W, NWW, NWIN, SHIFT):
 
 
 @triton.jit
+def _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE: tl.constexpr, N_PAD: tl.constexpr):
+    """fp32 ``(N_PAD, N_PAD)`` additive tile of head h shared by all windows: bias, and -inf on padded keys."""
+    valid = (offs_n[:, None] < N) & (offs_n[None, :] < N)
+    if BIAS_MODE == 1:
+        b = tl.load(BIAS + h * sb0 + offs_n[:, None] * sb1 + offs_n[None, :] * sb2, mask=valid, other=0.0)
+        b = b.to(tl.float32)
+    elif BIAS_MODE == 2:
+        idx = tl.load(INDEX + offs_n[:, None] * si0 + offs_n[None, :] * si1, mask=valid, other=0)
+        b = tl.load(BIAS + idx.to(tl.int64) * sb0 + h * sb1, mask=valid, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros((N_PAD, N_PAD), dtype=tl.float32)
+    return tl.where(offs_n[None, :] < N, b, float("-inf"))
+
+
+@triton.jit
 def _logits(
     q,
     k,
+    add,
     w,
-    h,
-    offs_i,
-    offs_j,
+    offs_n,
     N,
     scale,
-    BIAS,
-    sb0,
-    sb1,
-    sb2,
-    INDEX,
-    si0,
-    si1,
     MASK,
     sm0,
     sm1,
@@ -96,29 +103,20 @@ def _logits(
     NWW,
     NWIN,
     SHIFT,
-    BIAS_MODE: tl.constexpr,
     MASK_MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """fp32 logits ``(N_PAD, N_PAD)`` of one (window, head): scale * q k^T + bias + mask, padded keys -inf."""
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
-    valid = (offs_i[:, None] < N) & (offs_j[None, :] < N)
-    if BIAS_MODE == 1:
-        b = tl.load(BIAS + h * sb0 + offs_i[:, None] * sb1 + offs_j[None, :] * sb2, mask=valid, other=0.0)
-        s += b.to(tl.float32)
-    elif BIAS_MODE == 2:
-        idx = tl.load(INDEX + offs_i[:, None] * si0 + offs_j[None, :] * si1, mask=valid, other=0)
-        b = tl.load(BIAS + idx.to(tl.int64) * sb0 + h * sb1, mask=valid, other=0.0)
-        s += b.to(tl.float32)
+    """fp32 logits ``(N_PAD, N_PAD)`` of window w: scale * q k^T + add (bias tile) + window mask."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale + add
     if MASK_MODE == 1:
+        valid = (offs_n[:, None] < N) & (offs_n[None, :] < N)
         mw = w % n_mask
-        m = tl.load(MASK + mw * sm0 + offs_i[:, None] * sm1 + offs_j[None, :] * sm2, mask=valid, other=0.0)
+        m = tl.load(MASK + mw * sm0 + offs_n[:, None] * sm1 + offs_n[None, :] * sm2, mask=valid, other=0.0)
         s += m.to(tl.float32)
     elif MASK_MODE == 2:
-        ri = _region_ids(w, offs_i, WS, H, W, NWW, NWIN, SHIFT)
-        rj = _region_ids(w, offs_j, WS, H, W, NWW, NWIN, SHIFT)
-        s += tl.where(ri[:, None] != rj[None, :], _SHIFT_MASK_VALUE, 0.0)
-    return tl.where(offs_j[None, :] < N, s, float("-inf"))
+        ri = _region_ids(w, offs_n, WS, H, W, NWW, NWIN, SHIFT)
+        s += tl.where(ri[:, None] != ri[None, :], _SHIFT_MASK_VALUE, 0.0)
+    return s
 
 
 @triton.jit
@@ -188,10 +186,10 @@ def _window_attn_fwd_kernel(
     k = tl.load(K + h * sk1 + tk[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
     v = tl.load(V + h * sv1 + tv[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
 
+    add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE, N_PAD)
     s = _logits(
-        q, k, w, h, offs_n, offs_n, N, scale, BIAS, sb0, sb1, sb2, INDEX, si0, si1, MASK, sm0, sm1, sm2, n_mask,
-        WS, H, W, NWW, NWIN, SHIFT, BIAS_MODE, MASK_MODE, DOT_PREC,
-    )  # fmt: skip
+        q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, WS, H, W, NWW, NWIN, SHIFT, MASK_MODE, DOT_PREC
+    )
     m = tl.max(s, axis=1)
     m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: keep exp() finite (output is NaN, as in torch)
     p = tl.exp(s - m[:, None])
@@ -282,6 +280,7 @@ def _window_attn_bwd_kernel(
     row_ok = offs_n < N
     io_mask = row_ok[:, None] & (offs_d[None, :] < D)
 
+    add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE, N_PAD)  # hoisted: per head
     dbias = tl.zeros((N_PAD, N_PAD), dtype=tl.float32)
     w_start = g * windows_per_program
     w_end = tl.minimum(w_start + windows_per_program, BW)
@@ -299,9 +298,8 @@ def _window_attn_bwd_kernel(
         lse = tl.load(LSE + (w * heads + h) * N_PAD + offs_n)
 
         s = _logits(
-            q, k, w, h, offs_n, offs_n, N, scale, BIAS, sb0, sb1, sb2, INDEX, si0, si1, MASK, sm0, sm1, sm2,
-            n_mask, WS, H, W, NWW, NWIN, SHIFT, BIAS_MODE, MASK_MODE, DOT_PREC,
-        )  # fmt: skip
+            q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, WS, H, W, NWW, NWIN, SHIFT, MASK_MODE, DOT_PREC
+        )
         p = tl.exp(s - lse[:, None])  # padded keys: exp(-inf) = 0
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # rowsum(dO * O), 0 on padded rows
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ __all__ = [
     "window_attention",
     "window_attention_fused_shift",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAX_TOKENS = 64  # tokens per window (a whole window lives in one program)
 MIN_HEAD_DIM = 8
@@ -236,13 +239,17 @@ class _Geometry:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"  # ignored by tl.dot for fp16 / bf16 operands
+    """``tl.dot`` input precision: exact fp32 unless torch allows TF32 matmuls (ignored for fp16 / bf16)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
-def _num_warps(n_pad: int, d_pad: int) -> int:
-    return 4 if n_pad * max(n_pad, d_pad) >= 64 * 64 else 2
+def _num_warps(n_pad: int, backward: bool) -> int:
+    """Warps per program (a heuristic, not autotuned): the backward holds ~5 (N_PAD, N_PAD) fp32 tiles."""
+    if n_pad >= 64:
+        return 8 if backward else 4
+    return 4 if backward else 2
 
 
 def _bias_args(
@@ -286,7 +293,7 @@ def _launch_forward(
         *sb, *si, *sm,
         geom.n, geom.d, n_mask, float(scale), *geom.shift_args(),
         N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
-        DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, d_pad),
+        DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, backward=False),
     )  # fmt: skip
     return lse
 
@@ -330,7 +337,7 @@ def _launch_backward(
         *sb, *si, *sm,
         geom.n, geom.d, geom.windows, per_prog, n_mask, float(scale), *geom.shift_args(),
         N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
-        BIAS_GRAD=bias_grad, DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, d_pad),
+        BIAS_GRAD=bias_grad, DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, backward=True),
     )  # fmt: skip
     if not bias_grad:
         return None
@@ -346,6 +353,119 @@ def _bias_grad(dbias: torch.Tensor, bias_mode: int, bias: torch.Tensor, index: t
     # Deterministic scatter-add: one-hot (T, N*N) @ (N*N, heads); index_add_ would use atomics on CUDA.
     one_hot = (flat_index[None, :] == torch.arange(bias.shape[0], device=dbias.device)[:, None]).to(torch.float32)
     return (one_hot @ dbias.reshape(heads, -1).t()).to(bias.dtype)
+
+
+def _is_out_of_resources(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfResources"  # triton.runtime.errors.OutOfResources (shared memory, ...)
+
+
+def _shifted_tokens(geom: _Geometry, batch: int, device: torch.device) -> torch.Tensor:
+    """(BW, N) flat indices into the (B*H*W) map of each window's tokens: torch twin of ``_token_offsets``."""
+    m, nww = geom.window, geom.windows_per_row
+    w = torch.arange(geom.windows, device=device)[:, None]
+    i = torch.arange(geom.n, device=device)[None, :]
+    b, wi = w // geom.windows_per_image, w % geom.windows_per_image
+    y = (wi // nww) * m + i // m
+    x = (wi % nww) * m + i % m
+    return (b * geom.height + (y + geom.shift) % geom.height) * geom.width + (x + geom.shift) % geom.width
+
+
+def _shifted_mask(geom: _Geometry, device: torch.device) -> torch.Tensor:
+    """(nW, N, N) Swin mask from region ids: torch twin of ``_region_ids``."""
+    m, nww, h, w_ = geom.window, geom.windows_per_row, geom.height, geom.width
+    wi = torch.arange(geom.windows_per_image, device=device)[:, None]
+    i = torch.arange(geom.n, device=device)[None, :]
+    y = (wi // nww) * m + i // m
+    x = (wi % nww) * m + i % m
+    ids = (
+        ((y >= h - m).long() + (y >= h - geom.shift).long()) * 3 + (x >= w_ - m).long() + (x >= w_ - geom.shift).long()
+    )
+    return torch.where(ids[:, :, None] != ids[:, None, :], -100.0, 0.0)
+
+
+def _torch_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+    geom: _Geometry,
+    bias_mode: int,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    mask_mode: int,
+    mask: torch.Tensor | None,
+    scale: float,
+    bias_grad: bool,
+) -> torch.Tensor | None:
+    """Same contract as :func:`_launch_backward`, recomputed in fp32 torch (fallback, O(BW*heads*N^2) memory)."""
+    heads, n, d = geom.heads, geom.n, geom.d
+    tok = _shifted_tokens(geom, q.shape[0], q.device) if geom.shifted else None
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # -> (BW, heads, N, D) fp32
+        if tok is None:
+            return t.float()
+        return t.reshape(-1, heads, d)[tok].float().permute(0, 2, 1, 3)
+
+    def unwindows(g: torch.Tensor, out: torch.Tensor) -> None:
+        if tok is None:
+            out.copy_(g)
+            return
+        flat = torch.empty((out.shape[0] * out.shape[1] * out.shape[2], heads, d), device=g.device, dtype=g.dtype)
+        flat[tok] = g.permute(0, 2, 1, 3)  # the windows tile the map: every token exactly once
+        out.copy_(flat.view(out.shape))
+
+    with torch.enable_grad():
+        qf, kf, vf = (windows(t).detach().requires_grad_() for t in (q, k, v))
+        attn = (qf * scale) @ kf.transpose(-2, -1)
+        dense = None
+        if bias_mode:
+            dense = (bias if bias_mode == 1 else bias[index].permute(2, 0, 1)).detach().float().requires_grad_()
+            attn = attn + dense
+        if mask_mode:
+            mw = mask.float() if mask_mode == 1 else _shifted_mask(geom, q.device)
+            nw = mw.shape[0]
+            attn = (attn.view(-1, nw, heads, n, n) + mw[None, :, None]).view(attn.shape)
+        out = torch.softmax(attn, dim=-1) @ vf
+        inputs = [qf, kf, vf] + ([dense] if bias_grad else [])
+        grads = torch.autograd.grad(out, inputs, windows(do))
+    for g, dst in zip(grads[:3], (dq, dk, dv), strict=True):
+        unwindows(g, dst)
+    return grads[3] if bias_grad else None
+
+
+def _backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    do: torch.Tensor,
+    lse: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+    geom: _Geometry,
+    bias_mode: int,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    mask_mode: int,
+    mask: torch.Tensor | None,
+    scale: float,
+    bias_grad: bool,
+) -> torch.Tensor | None:
+    """Triton backward; if it does not fit the device (e.g. fp32 with D = 64 needs ~200 KB of shared
+    memory), fall back to an fp32 torch recompute instead of failing in the middle of a training step."""
+    try:
+        return _launch_backward(
+            q, k, v, o, do, lse, dq, dk, dv, geom, bias_mode, bias, index, mask_mode, mask, scale, bias_grad
+        )
+    except Exception as exc:
+        if not _is_out_of_resources(exc):
+            raise
+        logger.warning("window attention backward: %s; using the torch fallback for this call", exc)
+    return _torch_backward(q, k, v, do, dq, dk, dv, geom, bias_mode, bias, index, mask_mode, mask, scale, bias_grad)
 
 
 def _output_grad(do: torch.Tensor) -> torch.Tensor:
@@ -382,7 +502,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
         do = _output_grad(do)
         dq, dk, dv = (torch.empty_like(o) for _ in range(3))
         bias_grad = bias is not None and ctx.needs_input_grad[3]
-        dbias = _launch_backward(
+        dbias = _backward(
             q, k, v, o, do, lse, dq, dk, dv, ctx.geom, ctx.bias_mode, bias, index, ctx.mask_mode, mask, ctx.scale,
             bias_grad,
         )  # fmt: skip
@@ -508,7 +628,7 @@ class _FusedShiftFunction(torch.autograd.Function):
         q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
         dq, dk, dv = dqkv[..., :c], dqkv[..., c : 2 * c], dqkv[..., 2 * c :]
         bias_grad = bias is not None and ctx.needs_input_grad[1]
-        dbias = _launch_backward(
+        dbias = _backward(
             q, k, v, out, dout, lse, dq, dk, dv, geom, ctx.bias_mode, bias, index, ctx.mask_mode, None, ctx.scale,
             bias_grad,
         )  # fmt: skip

@@ -268,6 +268,22 @@ def test_kernel_backward_deterministic_with_multi_window_programs(monkeypatch: p
     check_against_reference(n, d, heads, True, bw, nw, torch.float32, "table")
 
 
+class OutOfResources(Exception):  # noqa: N818 - same name as triton.runtime.errors.OutOfResources
+    """Stand-in for triton's error when a compiled kernel needs more shared memory than the device has."""
+
+
+def _raise_out_of_resources(*args, **kwargs):
+    raise OutOfResources("out of resource: shared memory, Required: 213504, Hardware limit: 101376")
+
+
+def test_kernel_backward_falls_back_to_torch_when_out_of_resources(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(_wa_module, "_launch_backward", _raise_out_of_resources)
+    with caplog.at_level("WARNING", logger=_wa_module.__name__):
+        check_against_reference(49, 16, 3, True, 6, 3, torch.float32, "table")
+        check_against_reference(16, 32, 1, False, 3, 3, torch.float16, "dense")
+    assert "torch fallback" in caplog.text
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("bias_form", BIAS_VALUES)
 def test_kernel_bf16_gpu(bias_form: str) -> None:
@@ -343,6 +359,13 @@ def test_kernel_fused_shift_equals_plain_kernel() -> None:
     o = K.window_attention(q, k, v, (table, index), shift_mask(h, w, m, s).to(DEVICE))
     plain = torch.roll(reverse(o.transpose(1, 2).reshape(-1, m * m, heads * d), m, h, w), (s, s), (1, 2))
     torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bias_form", BIAS_VALUES)
+def test_kernel_fused_shift_backward_torch_fallback(monkeypatch, bias_form: str) -> None:
+    """The torch fallback of the backward reproduces the kernel's shifted addressing and region mask."""
+    monkeypatch.setattr(_wa_module, "_launch_backward", _raise_out_of_resources)
+    test_kernel_fused_shift_matches_roll_partition_reference(2, 8, 12, 4, 2, 2, 16, torch.float32, bias_form)
 
 
 # ---------------------------------------------------------------------------------------------
