@@ -88,10 +88,14 @@ def is_available() -> bool:
     return torch.cuda.is_available() or _interpreting()
 
 
-def _impl() -> ModuleType:
+def _require_triton() -> None:
     err = _triton_import_error()
     if err is not None:
         raise RuntimeError(f"patchloupe.kernels needs triton (pip install 'patchloupe[triton]'); import failed: {err}")
+
+
+def _impl() -> ModuleType:
+    _require_triton()
     return importlib.import_module("patchloupe.kernels._window_attention_triton")
 
 
@@ -539,11 +543,11 @@ def window_attention(
         TypeError / ValueError: unsupported dtype / shape / device / layout (see :func:`supports`).
         RuntimeError: triton is not installed.
     """
+    _require_triton()
     try:
         bias_mode, b, index = _validate(q, k, v, bias, mask)
     except _Reject as rej:
         raise rej.kind(f"window_attention: {rej}") from None
-    _impl()  # clear RuntimeError without triton
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return _WindowAttentionFunction.apply(q, k, v, b, index, mask, bias_mode, float(scale))
@@ -668,11 +672,11 @@ def window_attention_fused_shift(
         ``(B, H, W, C)`` in qkv's dtype, channels ``(heads, D)``, tokens at their unshifted positions
         (ready for the output projection).
     """
+    _require_triton()
     try:
         geom, bias_mode, b, index = _validate_fused(qkv, bias, num_heads, window_size, shift_size)
     except _Reject as rej:
         raise rej.kind(f"window_attention_fused_shift: {rej}") from None
-    _impl()
     if scale is None:
         scale = geom.d**-0.5
     return _FusedShiftFunction.apply(qkv, b, index, geom, bias_mode, float(scale))
