@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,8 +72,6 @@ __all__ = [
     "window_geometry",
     "window_plan",
 ]
-
-logger = logging.getLogger(__name__)
 
 PATCH_STRIDE = 4  # pixels per token side (patch embedding)
 NUM_STAGES = 4
@@ -637,7 +634,7 @@ PRESETS: dict[str, GeneratorConfig] = {
         patch_size=(64, 64),
         embed_dim=32,
         depths=(2, 2, 2, 2),
-        decoder_depths=(1, 1, 1, 1),
+        decoder_depths=(2, 2, 2, 2),
         num_heads=(2, 4, 8, 16),
         window_size=4,
         drop_path_rate=0.05,
