@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from patchloupe import _native
-from patchloupe.detector import COL_DIRECTIONS, Detector, DetectorConfig
+from patchloupe.detector import Detector, DetectorConfig
 from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
 
 log = logging.getLogger(__name__)
@@ -127,34 +127,15 @@ def fit_detector(
         image_size=size, grid=chosen, directions=base_det.config.directions, false_alarm_rate=false_alarm_rate
     )
 
-    train_imgs = list(train)
-    if any(d in config.directions for d in COL_DIRECTIONS):
-        # Column-wise directions run the generator on transposed patches: train on transposed images too.
-        train_imgs += [np.ascontiguousarray(im.transpose(1, 0, 2)) for im in train]
-    g = train_generator(
-        generator.train(),
-        train_imgs,
-        image_size=size,
-        grid=chosen,
-        steps=generator_steps,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        device=device,
-    )
+    # Column-wise directions run the generator on transposed patches; the sampler transposes column
+    # triplets the same way, so one network learns all four directions.
+    dirs = tuple(config.directions)
+    g = train_generator(generator.train(), train, image_size=size, grid=chosen, steps=generator_steps,
+                        batch_size=batch_size, seed=seed, progress=progress, device=device, directions=dirs)
     generator.eval()
-    c = train_comparator(
-        comparator.train(),
-        generator,
-        train_imgs,
-        image_size=size,
-        grid=chosen,
-        steps=comparator_steps,
-        batch_size=batch_size,
-        seed=seed + 1,
-        progress=progress,
-        device=device,
-    )
+    c = train_comparator(comparator.train(), generator, train, image_size=size, grid=chosen,
+                         steps=comparator_steps, batch_size=batch_size, seed=seed + 1, progress=progress,
+                         device=device, directions=dirs)
     comparator.eval()
     config.generator = generator.config.to_dict()
     config.comparator = comparator.config.to_dict()
