@@ -237,8 +237,10 @@ class Detector:
             raise ModelError(f"{str(folder)!r}: weights do not fit the saved configuration ({exc})") from exc
         return cls(generator, comparator, config, device=device)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], weights_dtype: torch.dtype = torch.float32) -> Path:
         """Write the model as ``detector.json`` + safetensors weights; atomic (a folder swap).
+
+        ``weights_dtype=torch.float16`` halves the files (floating-point tensors only; loading casts back).
 
         Example:
             >>> det.save("model_dir")            # doctest: +SKIP
@@ -258,7 +260,10 @@ class Detector:
             meta = self.config.to_dict()
             meta["sha256"] = {}
             for name, module in zip(_WEIGHT_FILES, (self.generator, self.comparator)):
-                state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+                state = {
+                    k: (v.to(weights_dtype) if v.is_floating_point() else v).detach().to("cpu").contiguous()
+                    for k, v in module.state_dict().items()
+                }
                 atomic_write_bytes(tmp / name, save(state))
                 meta["sha256"][name] = _sha256(tmp / name)
             atomic_write_bytes(tmp / "detector.json", json.dumps(meta, indent=2).encode())

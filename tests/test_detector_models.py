@@ -1,0 +1,179 @@
+"""Detector with real (tiny, untrained) networks: persistence, fit, evaluate, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from patchloupe import Detector
+from patchloupe.cli import main
+from patchloupe.detector import DetectorConfig, ModelError
+from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.models.generator import build_generator
+
+
+def _tiny(seed: int = 0) -> Detector:
+    torch.manual_seed(seed)
+    gen = build_generator("tiny")
+    comp = PatternComparator(ComparatorConfig())
+    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3), generator=gen.config.to_dict(),
+                         comparator=comp.config.to_dict(), threshold=0.5)
+    return Detector(gen, comp, cfg)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny().save(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from patchloupe.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, families=["cloth"], n_train=6, n_test_good=3, n_test_defect_per_kind=1, size=96, seed=3)
+    return root / "cloth"
+
+
+def _img(seed: int = 0, shape: tuple[int, ...] = (96, 96, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def test_save_load_roundtrip_gives_identical_results(model_dir: Path) -> None:
+    det = Detector.load(model_dir)
+    ref = _tiny()
+    img = _img(1, (80, 120, 3))
+    a, b = det.inspect(img), ref.inspect(img)
+    assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+    assert det.config.grid == (3, 3) and det.threshold == 0.5
+
+
+def test_save_half_precision_and_overwrite(tmp_path: Path) -> None:
+    det = _tiny()
+    det.save(tmp_path / "m")
+    full = (tmp_path / "m" / "generator.safetensors").stat().st_size
+    det.threshold = 0.25
+    det.save(tmp_path / "m", weights_dtype=torch.float16)  # replaces the folder atomically
+    assert (tmp_path / "m" / "generator.safetensors").stat().st_size < 0.6 * full
+    back = Detector.load(tmp_path / "m")
+    assert back.threshold == 0.25
+    assert abs(back.inspect(_img(2)).score - det.inspect(_img(2)).score) < 1e-2
+
+
+def test_save_refuses_to_clobber_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="refusing"):
+        _tiny().save(tmp_path / "docs")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "comparator.safetensors").unlink()
+    with pytest.raises(ModelError, match="comparator.safetensors"):
+        Detector.load(broken)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(model_dir, corrupt)
+    with open(corrupt / "generator.safetensors", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00garbage\x00")
+    with pytest.raises(ModelError, match="checksum"):
+        Detector.load(corrupt)
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    meta = json.loads((old / "detector.json").read_text())
+    meta["format_version"] = 0
+    (old / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="version"):
+        Detector.load(old)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(model_dir, mismatch)
+    meta = json.loads((mismatch / "detector.json").read_text())
+    meta["generator"]["embed_dim"] = 8
+    meta.pop("sha256")
+    (mismatch / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="do not fit"):
+        Detector.load(mismatch)
+
+
+def test_fit_tiny_chooses_grid_and_calibrates(model_dir: Path, textures: Path) -> None:
+    det = Detector.fit(textures / "train" / "good", base=model_dir, grid="auto", grid_candidates=((3, 3), (4, 4)),
+                       generator_steps=2, comparator_steps=2, batch_size=4, progress=False)
+    assert det.config.grid in ((3, 3), (4, 4))
+    assert set(det.config.training["grid_error_ratio"]) == {"3x3", "4x4"}
+    assert det.config.calibration["n_images"] >= 1
+    assert 0.0 < det.threshold <= 1.0
+    with pytest.raises(ValueError, match="at least 5"):
+        Detector.fit([_img(0)] * 3, base=model_dir)
+
+
+def test_evaluate_returns_metrics(model_dir: Path, textures: Path) -> None:
+    res = Detector.load(model_dir).evaluate(textures)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["n_good"] == 3 and res["n_defect"] == 5 and not res["errors"]
+
+
+def test_cli_inspect_folder_reports_bad_files_and_goes_on(model_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"img{i}.png"), _img(i, (64, 80, 3)))
+    (src / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = main(["inspect", "--model", str(model_dir), str(src), str(tmp_path / "nope.png"), "--out", str(out),
+               "--json"])
+    assert rc == 1  # some inputs failed, the rest were inspected
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and all("score" in d for d in lines)
+    assert sorted(p.name for p in out.glob("img*.png")) == ["img0.png", "img1.png", "img2.png"]
+    records = json.loads((out / "results.json").read_text())
+    assert sum("error" in r for r in records) == 2
+
+
+def test_cli_inspect_video(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(4):
+        writer.write(_img(i, (48, 64, 3)))
+    writer.release()
+    rc = main(["inspect", "--model", str(model_dir), str(path), "--out", str(tmp_path / "o"), "--json",
+               "--every", "2"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [d["source"].rsplit("=", 1)[1] for d in lines] == ["0", "2"]
+
+
+def test_cli_fit_and_evaluate(model_dir: Path, textures: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fitted"
+    rc = main(["fit", str(textures / "train" / "good"), "-o", str(out), "--base", str(model_dir), "--grid", "3x3",
+               "--generator-steps", "1", "--comparator-steps", "1", "--batch-size", "2", "-q"])
+    assert rc == 0 and (out / "detector.json").is_file()
+    rc = main(["evaluate", str(textures), "--model", str(out), "--json"])
+    assert rc == 0
+    assert "image_auroc" in json.loads(capsys.readouterr().out.split("\n", 1)[1])
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "nothing"), "--model", str(tmp_path / "nomodel")]) == 2
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "x", "-o", "y", "--grid", "banana"])
+
+
+def test_console_script_installed() -> None:
+    r = subprocess.run([sys.executable, "-m", "patchloupe.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "inspect" in r.stdout and "fit" in r.stdout
