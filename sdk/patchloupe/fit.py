@@ -130,12 +130,33 @@ def fit_detector(
     # Column-wise directions run the generator on transposed patches; the sampler transposes column
     # triplets the same way, so one network learns all four directions.
     dirs = tuple(config.directions)
-    g = train_generator(generator.train(), train, image_size=size, grid=chosen, steps=generator_steps,
-                        batch_size=batch_size, seed=seed, progress=progress, device=device, directions=dirs)
+    g = train_generator(
+        generator.train(),
+        train,
+        image_size=size,
+        grid=chosen,
+        steps=generator_steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        device=device,
+        directions=dirs,
+    )
     generator.eval()
-    c = train_comparator(comparator.train(), generator, train, image_size=size, grid=chosen,
-                         steps=comparator_steps, batch_size=batch_size, seed=seed + 1, progress=progress,
-                         device=device, directions=dirs)
+    c = train_comparator(
+        comparator.train(),
+        generator,
+        train,
+        image_size=size,
+        grid=chosen,
+        steps=comparator_steps,
+        batch_size=batch_size,
+        seed=seed + 1,
+        progress=progress,
+        device=device,
+        directions=dirs,
+        precompute=min(512, 16 * comparator_steps),
+    )
     comparator.eval()
     config.generator = generator.config.to_dict()
     config.comparator = comparator.config.to_dict()

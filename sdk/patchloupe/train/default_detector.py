@@ -53,20 +53,40 @@ def build_default_detector(
     grid = tuple(gcfg.get("grid", (4, 4)))
     images = pretrain_images(n_images_per_family_style, image_size, seed=seed + 11)
     comparator = PatternComparator(ComparatorConfig())
-    result = train_comparator(comparator, generator, images, image_size=image_size, grid=grid,
-                              steps=comparator_steps, batch_size=batch_size, seed=seed, progress=progress,
-                              directions=DIRECTIONS)
+    result = train_comparator(
+        comparator,
+        generator,
+        images,
+        image_size=image_size,
+        grid=grid,
+        steps=comparator_steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        directions=DIRECTIONS,
+        precompute=2048,
+    )
     comparator.eval()
-    config = DetectorConfig(image_size=image_size, grid=grid, directions=DIRECTIONS,
-                            generator=generator.config.to_dict(), comparator=comparator.config.to_dict(),
-                            false_alarm_rate=false_alarm_rate)
+    config = DetectorConfig(
+        image_size=image_size,
+        grid=grid,
+        directions=DIRECTIONS,
+        generator=generator.config.to_dict(),
+        comparator=comparator.config.to_dict(),
+        false_alarm_rate=false_alarm_rate,
+    )
     det = Detector(generator, comparator, config)
-    calib = pretrain_images(n_calibration_per_family_style, image_size, seed=seed + 23, stream=_EVAL_STREAM,
-                            augment=False)
+    calib = pretrain_images(
+        n_calibration_per_family_style, image_size, seed=seed + 23, stream=_EVAL_STREAM, augment=False
+    )
     det.calibrate(calib, false_alarm_rate)
     config.training = {
-        "kind": "default", "generator": gcfg.get("training", {}), "comparator_steps": comparator_steps,
-        "comparator_final_loss": float(result.final_loss), "n_images": len(images), "n_calibration": len(calib),
+        "kind": "default",
+        "generator": gcfg.get("training", {}),
+        "comparator_steps": comparator_steps,
+        "comparator_final_loss": float(result.final_loss),
+        "n_images": len(images),
+        "n_calibration": len(calib),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     out = Path(out_dir)
@@ -93,9 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    det = build_default_detector(args.generator, args.out, comparator_steps=args.steps, batch_size=args.batch_size,
-                                 n_images_per_family_style=args.images, seed=args.seed,
-                                 progress=not args.no_progress)
+    det = build_default_detector(
+        args.generator,
+        args.out,
+        comparator_steps=args.steps,
+        batch_size=args.batch_size,
+        n_images_per_family_style=args.images,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     log.info("%r", det)
     return 0
 
