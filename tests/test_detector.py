@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from patchloupe import Detector, InspectionError, InspectionResult
 from patchloupe.detector import DetectorConfig, ModelError
 
