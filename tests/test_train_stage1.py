@@ -310,28 +310,12 @@ def test_train_generator_learns_and_is_reproducible(tmp_path: Path) -> None:
     assert ev["n"] == 2 * (8 + 8) and np.isfinite(ev["psnr"]) and np.isfinite(ev["psnr_copy"])
 
 
-@pytest.mark.parametrize("loss", ["mse+grad", "mse+ssim"])
-def test_train_generator_loss_variants(loss: str) -> None:
-    from patchloupe.train.stage1 import train_generator
-
-    r = train_generator(
-        _tiny_generator(),
-        stripes(2),
-        image_size=(64, 64),
-        grid=(4, 4),
-        steps=2,
-        batch_size=4,
-        loss=loss,
-        progress=False,
-    )
-    assert np.isfinite(r.final_loss)
-
-
 def test_train_generator_argument_errors() -> None:
     from patchloupe.train.stage1 import train_generator
 
-    with pytest.raises(ValueError, match="loss"):
-        train_generator(_tiny_generator(), stripes(1), image_size=(64, 64), grid=(4, 4), steps=1, loss="l1")
+    for loss in ("l1", "mse+ssim"):
+        with pytest.raises(ValueError, match="loss"):
+            train_generator(_tiny_generator(), stripes(1), image_size=(64, 64), grid=(4, 4), steps=1, loss=loss)
     with pytest.raises(ValueError, match="steps"):
         train_generator(_tiny_generator(), stripes(1), image_size=(64, 64), grid=(4, 4), steps=0)
     with pytest.raises(ValueError, match="fp16"):

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LOSSES", "TrainResult", "evaluate_prediction", "generator_loss", "param_groups", "train_generator"]
 
-LOSSES = ("mse", "mse+grad", "mse+ssim")
+LOSSES = ("mse",)
 DEFAULT_GRID = (4, 4)
 
 
@@ -85,41 +85,15 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
-def _ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Mean SSIM of ``(B, 3, h, w)`` images in [0, 1] with a uniform ``window``; scalar."""
-    c1, c2 = 0.01**2, 0.03**2
-    win = min(window, pred.shape[-1], pred.shape[-2])
-    mu_p = F.avg_pool2d(pred, win, 1)
-    mu_t = F.avg_pool2d(target, win, 1)
-    var_p = F.avg_pool2d(pred * pred, win, 1) - mu_p**2
-    var_t = F.avg_pool2d(target * target, win, 1) - mu_t**2
-    cov = F.avg_pool2d(pred * target, win, 1) - mu_p * mu_t
-    ssim = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return ssim.mean()
-
-
 def generator_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> torch.Tensor:
     """Training loss between predicted and real patches, both float ``(B, 3, h, w)`` in [0, 1].
 
-    ``"mse"``: mean squared error (the paper's loss). ``"mse+grad"``: + MSE of the horizontal and
-    vertical finite differences (sharper edges). ``"mse+ssim"``: + ``0.1 * (1 - SSIM)`` (7x7 uniform
-    window). See docs/training.md for whether the extra terms help (they did not, so ``mse`` is the
-    default). Computed in float32.
+    Only ``"mse"`` (the paper's loss), computed in float32. Gradient-difference and SSIM terms were
+    tried and removed: they did not improve held-out PSNR (docs/training.md, "Loss").
     """
-    pred, target = pred.float(), target.float()
-    mse = F.mse_loss(pred, target)
-    if loss == "mse":
-        return mse
-    if loss == "mse+grad":
-        (px, py), (tx, ty) = _gradients(pred), _gradients(target)
-        return mse + 0.5 * (F.mse_loss(px, tx) + F.mse_loss(py, ty))
-    if loss == "mse+ssim":
-        return mse + 0.1 * (1.0 - _ssim(pred, target))
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss != "mse":
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return F.mse_loss(pred.float(), target.float())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +188,7 @@ def train_generator(
 
     Schedule: ``warmup`` (default 5 % of ``steps``, at most 2000) linear warm-up to ``lr``, then
     cosine decay to ``min_lr`` (default ``lr / 100``). ``grad_clip``: max global gradient norm
-    (``None`` / 0 = off). ``loss``: one of :data:`LOSSES`. ``amp``: ``"auto"`` = bf16 (fp16 + grad
+    (``None`` / 0 = off). ``loss``: ``"mse"`` (see :func:`generator_loss`). ``amp``: ``"auto"`` = bf16 (fp16 + grad
     scaler on GPUs without bf16) autocast on CUDA, off on CPU; or ``"bf16"``, ``"fp16"``, ``"off"``.
 
     Checkpoints (``ckpt_dir``): every ``ckpt_every`` steps (default ``steps // 10``) and at the end,
