@@ -212,8 +212,11 @@ def test_mvtec_layout_errors(tmp_path: Path, rgb: np.ndarray) -> None:
     with pytest.raises(DatasetError, match=r"1 defect image\(s\) without a mask: .*b_mask.png"):
         MVTecCategory(root)
     (tmp_path / "empty" / "test").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="missing .*train/good"):
+    with pytest.raises(DatasetError, match="holds no test images"):
         MVTecCategory(tmp_path / "empty")
+    _save(tmp_path / "evalonly" / "test/good/x.png", rgb)
+    with pytest.raises(DatasetError, match="missing .*train/good"):
+        MVTecCategory(tmp_path / "evalonly").train_good()
     (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images"):
         MVTecCategory(tmp_path / "empty")

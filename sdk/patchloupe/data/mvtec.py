@@ -53,8 +53,9 @@ def _find_mask(gt_dir: Path, stem: str) -> Path | None:
 class MVTecCategory:
     """An MVTec-AD-layout category at ``root``; the layout (and every defect image's mask) is checked on creation.
 
-    Raises :class:`DatasetError` for a missing ``train/good`` or ``test`` folder, an empty one, or a defect image
-    without its ``ground_truth/<kind>/<stem>_mask.png``.
+    Raises :class:`DatasetError` for a missing ``test`` folder, an empty ``test`` or ``train/good``, or a defect
+    image without its ``ground_truth/<kind>/<stem>_mask.png``. ``train/good`` may be absent (evaluation-only
+    copies); :meth:`train_good` then raises.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -62,12 +63,12 @@ class MVTecCategory:
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such dataset folder")
         train = self.root / "train" / GOOD
-        if not train.is_dir():
-            raise DatasetError(f"{self.root}: not an MVTec-AD category (missing {train})")
-        try:
-            self._train = list_images(train)
-        except ImageError as exc:
-            raise DatasetError(str(exc)) from exc
+        self._train: list[Path] | None = None  # train/good is optional: an evaluation-only copy may lack it
+        if train.is_dir():
+            try:
+                self._train = list_images(train)
+            except ImageError as exc:
+                raise DatasetError(str(exc)) from exc
         test = self.root / "test"
         if not test.is_dir():
             raise DatasetError(f"{self.root}: not an MVTec-AD category (missing {test})")
@@ -113,7 +114,9 @@ class MVTecCategory:
         return self._kinds
 
     def train_good(self) -> list[Path]:
-        """Sorted defect-free training images."""
+        """Sorted defect-free training images (``DatasetError`` when the category has no ``train/good``)."""
+        if self._train is None:
+            raise DatasetError(f"{self.root}: not an MVTec-AD training set (missing {self.root / 'train' / GOOD})")
         return list(self._train)
 
     def test_items(self, kinds: str | tuple[str, ...] | list[str] | None = None) -> list[TestItem]:

@@ -12,6 +12,7 @@ stage saw. The result is a regular model folder (``detector.json`` + safetensors
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from patchloupe.detector import DIRECTIONS, Detector, DetectorConfig
+from patchloupe.detector import DIRECTIONS, Detector, DetectorConfig, _sha256
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.train.common import atomic_write_bytes
 from patchloupe.train.pretrain import _EVAL_STREAM, load_generator, pretrain_images
 from patchloupe.train.stage2 import train_comparator
 
@@ -90,11 +92,17 @@ def build_default_detector(
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_generator = Path(generator_dir).resolve() == out.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         saved = det.save(Path(tmp) / "model", weights_dtype=weights_dtype)
-        out.mkdir(parents=True, exist_ok=True)
-        for f in saved.iterdir():
-            shutil.copy2(f, out / f.name)
+        meta = json.loads((saved / "detector.json").read_text())
+        if keep_generator:  # the pre-trained file stays (with its generator.json); point the checksum at it
+            meta["sha256"]["generator.safetensors"] = _sha256(out / "generator.safetensors")
+        else:
+            shutil.copy2(saved / "generator.safetensors", out / "generator.safetensors")
+        shutil.copy2(saved / "comparator.safetensors", out / "comparator.safetensors")
+        atomic_write_bytes(out / "detector.json", json.dumps(meta, indent=2).encode())
     log.info("default detector written to %s (threshold %.4g)", out, det.threshold)
     return det
 
