@@ -75,10 +75,11 @@ class InspectionResult:
         cv2.drawContours(outline, contours, -1, (255, 0, 0), thickness)
         panel = np.concatenate([img, overlay, outline], axis=1)
         label = f"{'ANOMALY' if self.is_anomalous else 'ok'} score={self.score:.3f} thr={self.threshold:.3f}"
-        scale = max(0.35, min(img.shape[:2]) / 512)
-        cv2.putText(panel, label, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3)
-        color = (255, 64, 64) if self.is_anomalous else (64, 255, 64)
-        cv2.putText(panel, label, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1)
+        scale = max(0.35, min(img.shape[:2]) / 640)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        cv2.rectangle(panel, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
+        color = (255, 80, 80) if self.is_anomalous else (80, 255, 80)
+        cv2.putText(panel, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
         return panel
 
     def save(self, path: str | os.PathLike[str]) -> Path:
