@@ -501,9 +501,13 @@ class Detector:
     ) -> float:
         """Set the threshold from defect-free images so that about ``false_alarm_rate`` of them are flagged.
 
-        The threshold is the ``1 - far`` empirical quantile of the images' scores (the maximum when
-        there are fewer than ``1 / far`` images), raised by 1 % so the calibration images themselves pass.
+        A few dozen held-out images cannot show a 1 % tail, so the threshold is the larger of (a) the
+        ``1 - far`` empirical quantile of the scores (their maximum when there are fewer than ``1 / far``
+        images) and (b) the ``1 - far`` quantile of a normal distribution fitted to the scores' logits;
+        it is then raised by 1 % of the remaining headroom so the calibration images themselves pass.
         """
+        from statistics import NormalDist
+
         far = self.config.false_alarm_rate if false_alarm_rate is None else float(false_alarm_rate)
         if not 0.0 < far < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {far}")
@@ -512,8 +516,12 @@ class Detector:
         )
         if len(scores) == 0:
             raise ValueError("calibration needs at least one defect-free image")
-        q = float(np.quantile(scores, 1.0 - far, method="higher"))
-        thr = min(1.0, q * 1.01 + 1e-6)
+        empirical = float(np.quantile(scores, 1.0 - far, method="higher"))
+        logits = np.log(np.clip(scores, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(scores, 1e-7, 1 - 1e-7))
+        z = NormalDist().inv_cdf(1.0 - far)
+        gaussian = float(1.0 / (1.0 + np.exp(-(logits.mean() + z * logits.std(ddof=1 if len(scores) > 1 else 0)))))
+        base = max(empirical, gaussian)
+        thr = min(1.0, base + 0.01 * (1.0 - base) + 1e-6)
         self.config.false_alarm_rate = far
         self.config.threshold = thr
         self.config.calibration = {
@@ -521,6 +529,8 @@ class Detector:
             "false_alarm_rate": far,
             "score_mean": float(scores.mean()),
             "score_max": float(scores.max()),
+            "empirical_quantile": empirical,
+            "gaussian_logit_quantile": gaussian,
             "threshold": thr,
         }
         return thr
