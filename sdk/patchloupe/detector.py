@@ -3,8 +3,10 @@
 Scoring (consistent with the binary decision):
 
 * For every direction ``d`` in (ltr, rtl, ttb, btt) and every patch ``t`` that ``d`` can predict, the
-  comparator gives a similarity probability ``P_d(t)``; the direction's patch score is
-  ``a_d(t) = 1 - P_d(t)`` (computed as ``sigmoid(-logit)`` so it never saturates to exactly 0).
+  comparator gives a similarity probability ``P_d(t) = sigmoid(l)`` from its logit ``l``; the
+  direction's patch score is ``a_d(t) = sigmoid(-l / T)`` with a temperature ``T``
+  (``score_temperature``, default 8): at ``T = 1`` this is the paper's ``1 - P``; a larger ``T`` keeps
+  the same order and the same 0.5 point but stops confident scores from rounding to exactly 0 or 1.
 * The final patch score is ``a(t) = min_d a_d(t)`` over the directions that reach ``t`` (paper eq. 5,
   with the column-wise pass beyond the paper so that every patch has two independent verdicts).
   A patch is anomalous when ``a(t) >= threshold``.
@@ -62,6 +64,7 @@ class DetectorConfig:
     directions: tuple[str, ...] = DIRECTIONS
     threshold: float = 0.5
     false_alarm_rate: float = 0.01
+    score_temperature: float = 8.0
     generator: dict[str, Any] = field(default_factory=dict)
     comparator: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +84,8 @@ class DetectorConfig:
         cols_ok = all(d in self.directions for d in COL_DIRECTIONS)
         if not (rows_ok or cols_ok):
             raise ValueError("directions must include both row directions or both column directions")
+        if not float(self.score_temperature) > 0.0:
+            raise ValueError(f"score_temperature must be positive, got {self.score_temperature}")
         if not 0.0 < float(self.false_alarm_rate) < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
 
@@ -92,6 +97,7 @@ class DetectorConfig:
             "directions": list(self.directions),
             "threshold": float(self.threshold),
             "false_alarm_rate": float(self.false_alarm_rate),
+            "score_temperature": float(self.score_temperature),
             "generator": self.generator,
             "comparator": self.comparator,
             "calibration": self.calibration,
@@ -109,7 +115,7 @@ class DetectorConfig:
         missing = [k for k in keys if k not in d]
         if missing:
             raise ModelError(f"detector.json lacks {missing}")
-        kwargs = {k: d[k] for k in (*keys, "calibration", "training") if k in d}
+        kwargs = {k: d[k] for k in (*keys, "score_temperature", "calibration", "training") if k in d}
         return cls(**kwargs)
 
 
@@ -311,7 +317,7 @@ class Detector:
         target_idx = torch.cat(targets)
         real = flat[target_idx]
         _, mask, logit = self.comparator(pred.contiguous(), real.contiguous())
-        score = torch.sigmoid(-logit.float()).cpu().numpy()  # a_d(t) = 1 - P_d(t)
+        score = (-logit.float()).cpu().numpy()  # mismatch logit; sigmoid(score / T) = 1 - P_d(t) at T = 1
         mask = mask.float().cpu().numpy()[:, 0]  # (N, mh, mw)
         dir_all = np.concatenate(dirs)
         tgt_all = target_idx.cpu().numpy()
@@ -332,6 +338,9 @@ class Detector:
             ]
         )
         final_masks = np.stack([np.asarray(_native.intersect_masks(masks[i])) for i in range(b)])
+        # Intersect in logit space (min commutes with the monotone map), then map to [0, 1] with a
+        # temperature so that confident scores do not all round to exactly 0 or 1 (ties would hurt ranking).
+        final_scores = 1.0 / (1.0 + np.exp(-final_scores.astype(np.float64) / self.config.score_temperature))
         return final_scores, final_masks
 
     def _postprocess(
