@@ -544,6 +544,21 @@ class Detector:
         }
         return thr
 
+    def flops(self) -> int:
+        """Network FLOPs (2 x MACs) to inspect one image: every patch encoded once per encoder and
+        orientation, one decode and one comparison per reachable (direction, patch) pair."""
+        ph, pw = check_geometry(self.config.image_size, self.config.grid)[0]
+        total = 0
+        for trip, size in ((self._plan.row, (ph, pw)), (self._plan.col, (pw, ph))):
+            if len(trip):
+                total += self.generator.prediction_flops(torch.from_numpy(trip), size)
+                total += len(trip) * self.comparator.flops(ph, pw)
+        return int(total)
+
+    def num_params(self) -> int:
+        """Parameters of the generator and the comparator together."""
+        return sum(p.numel() for m in (self.generator, self.comparator) for p in m.parameters())
+
     def __repr__(self) -> str:
         c = self.config
         return (
