@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from patchloupe.models.layers import relative_position_index, shifted_window_mask, window_partition, window_reverse
 
 WINDOW = 7
 SHIFT = 3
@@ -92,37 +93,11 @@ PAPER_STAGES = (Stage("stage1", 56, 3), Stage("stage2", 28, 6), Stage("stage3", 
 
 
 # ------------------------------------------------------------------------------------------------
-# Swin helpers (same conventions as patchloupe.models.layers, re-implemented to stay standalone)
+# Swin helpers (the package's own, patchloupe.models.layers)
 # ------------------------------------------------------------------------------------------------
-def relative_position_index(m: int) -> torch.Tensor:
-    """(N, N) int64 index into the ((2m-1)^2, heads) table."""
-    coords = torch.stack(torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (m - 1)
-    return rel[..., 0] * (2 * m - 1) + rel[..., 1]
-
-
 def partition(x: torch.Tensor, m: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B*nW, m*m, C)."""
-    b, h, w, c = x.shape
-    return x.view(b, h // m, m, w // m, m, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, m * m, c)
-
-
-def reverse(windows: torch.Tensor, m: int, h: int, w: int) -> torch.Tensor:
-    """(B*nW, m*m, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    return windows.view(-1, h // m, w // m, m, m, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
-
-
-def shift_mask(h: int, w: int, m: int, s: int) -> torch.Tensor:
-    """Swin's shifted-window mask (nW, N, N), 0 / -100."""
-    img = torch.zeros(1, h, w, 1)
-    cnt = 0
-    for hs in (slice(0, -m), slice(-m, -s), slice(-s, None)):
-        for ws in (slice(0, -m), slice(-m, -s), slice(-s, None)):
-            img[:, hs, ws, :] = cnt
-            cnt += 1
-    ids = partition(img, m).squeeze(-1)
-    return torch.where(ids[:, None, :] != ids[:, :, None], -100.0, 0.0)
+    """(B, H, W, C) -> (B*nW, m*m, C): ``window_partition`` with each window's tokens flattened."""
+    return window_partition(x, m).flatten(1, 2)
 
 
 def split_qkv(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,7 +145,7 @@ def make_problem(stage: Stage, batch: int, dtype: torch.dtype, device: str, seed
     q, k, v = (t.contiguous() for t in split_qkv(partition(rolled, m), stage.heads))
     table = (0.02 * torch.randn((2 * m - 1) ** 2, stage.heads, generator=g)).to(device, dtype)
     index = relative_position_index(m).to(device)
-    mask = shift_mask(stage.grid, stage.grid, m, stage.shift).to(device) if stage.shift else None
+    mask = shifted_window_mask(stage.grid, stage.grid, m, stage.shift).to(device) if stage.shift else None
     dense = table[index].permute(2, 0, 1).contiguous()
     grad_out = torch.randn(q.shape, generator=g).to(device, dtype)
     grad_map = torch.randn(batch, stage.grid, stage.grid, c, generator=g).to(device, dtype)
@@ -229,7 +204,7 @@ def impl_fn(name: str, p: Problem) -> tuple[Callable[..., torch.Tensor], list[to
             rolled = torch.roll(x, (-sh, -sh), (1, 2)) if sh else x
             q, k, v = split_qkv(partition(rolled, WINDOW), heads)
             o = window_attention(q, k, v, (t, index), mask, s)
-            o = reverse(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), WINDOW, grid, grid)
+            o = window_reverse(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), WINDOW, grid, grid)
             return torch.roll(o, (sh, sh), (1, 2)) if sh else o
 
         return pipeline, [p.qkv_map, p.table]
@@ -247,7 +222,7 @@ def reference_outputs(p: Problem, map_level: bool) -> tuple[torch.Tensor, list[t
         rolled = torch.roll(x, (-sh, -sh), (1, 2)) if sh else x
         q, k, v = split_qkv(partition(rolled, WINDOW), p.stage.heads)
         o = eager_attention(q, k, v, t[p.index].permute(2, 0, 1), p.mask, p.scale)
-        o = reverse(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), WINDOW, grid, grid)
+        o = window_reverse(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), WINDOW, grid, grid)
         o = torch.roll(o, (sh, sh), (1, 2)) if sh else o
         grads = torch.autograd.grad(o, [x, t], p.grad_map.float())
         return o.detach(), list(grads)

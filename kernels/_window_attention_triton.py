@@ -58,6 +58,22 @@ def _token_offsets(w, offs_n, s0, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED: t
 
 
 @triton.jit
+def _io_block(N, D, N_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    """Token and head-dim ranges ``(N_PAD,)``, ``(D_PAD,)`` and the ``(N_PAD, D_PAD)`` mask of real elements."""
+    offs_n = tl.arange(0, N_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    io_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
+    return offs_n, offs_d, io_mask
+
+
+@triton.jit
+def _tile_offsets(w, h, offs_n, offs_d, s0, s1, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED: tl.constexpr):
+    """Element offsets ``(N_PAD, D_PAD)`` of head h, dims ``offs_d`` of the tokens ``offs_n`` of window ``w``."""
+    t = _token_offsets(w, offs_n, s0, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    return h * s1 + t[:, None] + offs_d[None, :]
+
+
+@triton.jit
 def _region_ids(w, offs_n, WS, H, W, NWW, NWIN, SHIFT):
     """Swin region id (0..8) of tokens ``offs_n`` of window ``w`` in the shifted frame."""
     wi = w % NWIN
@@ -174,17 +190,14 @@ def _window_attn_fwd_kernel(
     w = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     heads = tl.num_programs(1)
-    offs_n = tl.arange(0, N_PAD)
-    offs_d = tl.arange(0, D_PAD)
-    row_ok = offs_n < N
-    io_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    offs_n, offs_d, io_mask = _io_block(N, D, N_PAD, D_PAD)
 
-    tq = _token_offsets(w, offs_n, sq0, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    tk = _token_offsets(w, offs_n, sk0, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    tv = _token_offsets(w, offs_n, sv0, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    q = tl.load(Q + h * sq1 + tq[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-    k = tl.load(K + h * sk1 + tk[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-    v = tl.load(V + h * sv1 + tv[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+    off_q = _tile_offsets(w, h, offs_n, offs_d, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    off_k = _tile_offsets(w, h, offs_n, offs_d, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    off_v = _tile_offsets(w, h, offs_n, offs_d, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    q = tl.load(Q + off_q, mask=io_mask, other=0.0)
+    k = tl.load(K + off_k, mask=io_mask, other=0.0)
+    v = tl.load(V + off_v, mask=io_mask, other=0.0)
 
     add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE, N_PAD)
     s = _logits(
@@ -197,8 +210,8 @@ def _window_attn_fwd_kernel(
     acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
     out = acc / lsum[:, None]
 
-    to = _token_offsets(w, offs_n, so0, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    tl.store(O + h * so1 + to[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=io_mask)
+    off_o = _tile_offsets(w, h, offs_n, offs_d, so0, so1, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    tl.store(O + off_o, out.to(O.dtype.element_ty), mask=io_mask)
     tl.store(LSE + (w * heads + h) * N_PAD + offs_n, m + tl.log(lsum))
 
 
@@ -275,26 +288,23 @@ def _window_attn_bwd_kernel(
     g = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     heads = tl.num_programs(1)
-    offs_n = tl.arange(0, N_PAD)
-    offs_d = tl.arange(0, D_PAD)
-    row_ok = offs_n < N
-    io_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    offs_n, offs_d, io_mask = _io_block(N, D, N_PAD, D_PAD)
 
     add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE, N_PAD)  # hoisted: per head
     dbias = tl.zeros((N_PAD, N_PAD), dtype=tl.float32)
     w_start = g * windows_per_program
     w_end = tl.minimum(w_start + windows_per_program, BW)
     for w in range(w_start, w_end):
-        tq = _token_offsets(w, offs_n, sq0, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        tk = _token_offsets(w, offs_n, sk0, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        tv = _token_offsets(w, offs_n, sv0, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        to = _token_offsets(w, offs_n, so0, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        td = _token_offsets(w, offs_n, sd0, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        q = tl.load(Q + h * sq1 + tq[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-        k = tl.load(K + h * sk1 + tk[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-        v = tl.load(V + h * sv1 + tv[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-        o = tl.load(O + h * so1 + to[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
-        do = tl.load(DO + h * so1 + to[:, None] + offs_d[None, :], mask=io_mask, other=0.0)
+        off_q = _tile_offsets(w, h, offs_n, offs_d, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        off_k = _tile_offsets(w, h, offs_n, offs_d, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        off_v = _tile_offsets(w, h, offs_n, offs_d, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        off_o = _tile_offsets(w, h, offs_n, offs_d, so0, so1, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        off_dqkv = _tile_offsets(w, h, offs_n, offs_d, sd0, sd1, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        q = tl.load(Q + off_q, mask=io_mask, other=0.0)
+        k = tl.load(K + off_k, mask=io_mask, other=0.0)
+        v = tl.load(V + off_v, mask=io_mask, other=0.0)
+        o = tl.load(O + off_o, mask=io_mask, other=0.0)
+        do = tl.load(DO + off_o, mask=io_mask, other=0.0)
         lse = tl.load(LSE + (w * heads + h) * N_PAD + offs_n)
 
         s = _logits(
@@ -309,9 +319,9 @@ def _window_attn_bwd_kernel(
         dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC) * scale
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC) * scale
 
-        tl.store(DQ + h * sd1 + td[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=io_mask)
-        tl.store(DK + h * sd1 + td[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=io_mask)
-        tl.store(DV + h * sd1 + td[:, None] + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=io_mask)
+        tl.store(DQ + off_dqkv, dq.to(DQ.dtype.element_ty), mask=io_mask)
+        tl.store(DK + off_dqkv, dk.to(DK.dtype.element_ty), mask=io_mask)
+        tl.store(DV + off_dqkv, dv.to(DV.dtype.element_ty), mask=io_mask)
         if BIAS_GRAD:
             dbias += ds
 

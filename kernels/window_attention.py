@@ -22,13 +22,16 @@ one-hot matmul), so repeated backwards give bit-identical results on a given dev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 
@@ -55,6 +58,7 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 _BWD_TARGET_PROGRAMS = 2048
 
 BiasArg = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+_T = TypeVar("_T")
 
 
 class _Reject(Exception):
@@ -192,6 +196,25 @@ def _validate(
     return mode, b, index
 
 
+def _accepts(validate: Callable[..., object], *args: object) -> tuple[bool, str]:
+    """``(True, "")`` when ``validate(*args)`` passes, else ``(False, reason)``: the tail of ``supports*``."""
+    try:
+        validate(*args)
+    except _Reject as rej:
+        return False, str(rej)
+    return True, ""
+
+
+def _validated(name: str, validate: Callable[..., _T], *args: object) -> _T:
+    """``validate(*args)`` for the public entry point ``name``: needs triton; a rejection raises its
+    ``TypeError`` / ``ValueError`` prefixed with ``name``."""
+    _require_triton()
+    try:
+        return validate(*args)
+    except _Reject as rej:
+        raise rej.kind(f"{name}: {rej}") from None
+
+
 def supports(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasArg, mask: torch.Tensor | None = None
 ) -> tuple[bool, str]:
@@ -200,11 +223,7 @@ def supports(
         return False, f"triton not importable ({_triton_import_error()})"
     if not is_available():
         return False, "no CUDA device and TRITON_INTERPRET is not set"
-    try:
-        _validate(q, k, v, bias, mask)
-    except _Reject as rej:
-        return False, str(rej)
-    return True, ""
+    return _accepts(_validate, q, k, v, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +275,39 @@ def _num_warps(n_pad: int, backward: bool) -> int:
     return 4 if backward else 2
 
 
+@dataclass(frozen=True, eq=False)
+class _Spec:
+    """One attention call apart from its q/k/v/o tensors: window geometry, bias, mask and scale."""
+
+    geom: _Geometry
+    bias_mode: int  # 0 none, 1 dense (heads, N, N), 2 (table, index)
+    bias: torch.Tensor | None  # the dense bias or the table
+    index: torch.Tensor | None  # bias_mode 2
+    mask_mode: int  # 0 none, 1 the (nW, N, N) tensor ``mask``, 2 Swin regions rebuilt in-kernel (shifted layout)
+    mask: torch.Tensor | None
+    scale: float
+
+    def kernel_tensors(self, dummy: torch.Tensor) -> tuple[list[torch.Tensor], list[int], int]:
+        """Kernel arguments for bias / mask: the tensors (BIAS, INDEX, MASK), their strides (sb0..2, si0..1,
+        sm0..2) and n_mask; ``dummy`` stands in for an absent tensor (never read)."""
+        b_t, i_t, sb, si = _bias_args(self.bias_mode, self.bias, self.index, dummy)
+        m_t, sm, n_mask = _mask_args(self.mask, dummy)
+        return [b_t, i_t, m_t], [*sb, *si, *sm], n_mask
+
+    def meta(self, dtype: torch.dtype, backward: bool) -> dict[str, object]:
+        """The constexprs and launch options both kernels share."""
+        n_pad = _pad(self.geom.n)
+        return {
+            "N_PAD": n_pad,
+            "D_PAD": _pad(self.geom.d),
+            "SHIFTED": self.geom.shifted,
+            "BIAS_MODE": self.bias_mode,
+            "MASK_MODE": self.mask_mode,
+            "DOT_PREC": _dot_precision(dtype),
+            "num_warps": _num_warps(n_pad, backward=backward),
+        }
+
+
 def _bias_args(
     mode: int, bias: torch.Tensor | None, index: torch.Tensor | None, dummy: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], tuple[int, int]]:
@@ -272,32 +324,17 @@ def _mask_args(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Te
     return mask, (mask.stride(0), mask.stride(1), mask.stride(2)), mask.shape[0]
 
 
-def _launch_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    geom: _Geometry,
-    bias_mode: int,
-    bias: torch.Tensor | None,
-    index: torch.Tensor | None,
-    mask_mode: int,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, spec: _Spec) -> torch.Tensor:
     """Fill ``o``; return the fp32 log-sum-exp ``(BW, heads, N_PAD)``."""
     impl = _impl()
-    n_pad, d_pad = _pad(geom.n), _pad(geom.d)
-    lse = torch.empty((geom.windows, geom.heads, n_pad), device=q.device, dtype=torch.float32)
-    b_t, i_t, sb, si = _bias_args(bias_mode, bias, index, q)
-    m_t, sm, n_mask = _mask_args(mask, q)
+    geom = spec.geom
+    lse = torch.empty((geom.windows, geom.heads, _pad(geom.n)), device=q.device, dtype=torch.float32)
+    tensors, strides, n_mask = spec.kernel_tensors(q)
     impl._window_attn_fwd_kernel[(geom.windows, geom.heads)](
-        q, k, v, o, lse, b_t, i_t, m_t,
-        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o),
-        *sb, *si, *sm,
-        geom.n, geom.d, n_mask, float(scale), *geom.shift_args(),
-        N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
-        DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, backward=False),
+        q, k, v, o, lse, *tensors,
+        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o), *strides,
+        geom.n, geom.d, n_mask, float(spec.scale), *geom.shift_args(),
+        **spec.meta(q.dtype, backward=False),
     )  # fmt: skip
     return lse
 
@@ -312,13 +349,7 @@ def _launch_backward(
     dq: torch.Tensor,
     dk: torch.Tensor,
     dv: torch.Tensor,
-    geom: _Geometry,
-    bias_mode: int,
-    bias: torch.Tensor | None,
-    index: torch.Tensor | None,
-    mask_mode: int,
-    mask: torch.Tensor | None,
-    scale: float,
+    spec: _Spec,
     bias_grad: bool,
 ) -> torch.Tensor | None:
     """Fill dq/dk/dv (same strides for the three; ``do`` has ``o``'s strides).
@@ -326,34 +357,33 @@ def _launch_backward(
     Returns the fp32 bias gradient ``(heads, N, N)`` summed over windows when ``bias_grad``.
     """
     impl = _impl()
-    n_pad, d_pad = _pad(geom.n), _pad(geom.d)
+    geom = spec.geom
+    n_pad = _pad(geom.n)
     if bias_grad:
         per_prog = max(1, math.ceil(geom.windows * geom.heads / _BWD_TARGET_PROGRAMS))
     else:
         per_prog = 1
     groups = math.ceil(geom.windows / per_prog)
     part = torch.empty((groups, geom.heads, n_pad, n_pad) if bias_grad else (1,), device=q.device, dtype=torch.float32)
-    b_t, i_t, sb, si = _bias_args(bias_mode, bias, index, q)
-    m_t, sm, n_mask = _mask_args(mask, q)
+    tensors, strides, n_mask = spec.kernel_tensors(q)
     impl._window_attn_bwd_kernel[(groups, geom.heads)](
-        q, k, v, o, do, lse, dq, dk, dv, part, b_t, i_t, m_t,
-        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o), *geom.strides(dq),
-        *sb, *si, *sm,
-        geom.n, geom.d, geom.windows, per_prog, n_mask, float(scale), *geom.shift_args(),
-        N_PAD=n_pad, D_PAD=d_pad, SHIFTED=geom.shifted, BIAS_MODE=bias_mode, MASK_MODE=mask_mode,
-        BIAS_GRAD=bias_grad, DOT_PREC=_dot_precision(q.dtype), num_warps=_num_warps(n_pad, backward=True),
+        q, k, v, o, do, lse, dq, dk, dv, part, *tensors,
+        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o), *geom.strides(dq), *strides,
+        geom.n, geom.d, geom.windows, per_prog, n_mask, float(spec.scale), *geom.shift_args(),
+        BIAS_GRAD=bias_grad, **spec.meta(q.dtype, backward=True),
     )  # fmt: skip
     if not bias_grad:
         return None
     return part.sum(0)[:, : geom.n, : geom.n]
 
 
-def _bias_grad(dbias: torch.Tensor, bias_mode: int, bias: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+def _bias_grad(dbias: torch.Tensor, spec: _Spec) -> torch.Tensor:
     """fp32 (heads, N, N) logits gradient -> gradient of the dense bias, or of the (T, heads) table."""
-    if bias_mode == 1:
+    bias = spec.bias
+    if spec.bias_mode == 1:
         return dbias.to(bias.dtype)
     heads = dbias.shape[0]
-    flat_index = index.reshape(-1).long()
+    flat_index = spec.index.reshape(-1).long()
     # Deterministic scatter-add: one-hot (T, N*N) @ (N*N, heads); index_add_ would use atomics on CUDA.
     one_hot = (flat_index[None, :] == torch.arange(bias.shape[0], device=dbias.device)[:, None]).to(torch.float32)
     return (one_hot @ dbias.reshape(heads, -1).t()).to(bias.dtype)
@@ -363,24 +393,26 @@ def _is_out_of_resources(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfResources"  # triton.runtime.errors.OutOfResources (shared memory, ...)
 
 
+def _window_yx(geom: _Geometry, wi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) in the shifted frame of token i of window ``wi`` (window number within its image, shape
+    (K, 1)), shape (K, N): the torch twin of the coordinate arithmetic in ``_token_offsets`` / ``_region_ids``."""
+    m, nww = geom.window, geom.windows_per_row
+    i = torch.arange(geom.n, device=wi.device)[None, :]
+    return (wi // nww) * m + i // m, (wi % nww) * m + i % m
+
+
 def _shifted_tokens(geom: _Geometry, batch: int, device: torch.device) -> torch.Tensor:
     """(BW, N) flat indices into the (B*H*W) map of each window's tokens: torch twin of ``_token_offsets``."""
-    m, nww = geom.window, geom.windows_per_row
     w = torch.arange(geom.windows, device=device)[:, None]
-    i = torch.arange(geom.n, device=device)[None, :]
     b, wi = w // geom.windows_per_image, w % geom.windows_per_image
-    y = (wi // nww) * m + i // m
-    x = (wi % nww) * m + i % m
+    y, x = _window_yx(geom, wi)
     return (b * geom.height + (y + geom.shift) % geom.height) * geom.width + (x + geom.shift) % geom.width
 
 
 def _shifted_mask(geom: _Geometry, device: torch.device) -> torch.Tensor:
     """(nW, N, N) Swin mask from region ids: torch twin of ``_region_ids``."""
-    m, nww, h, w_ = geom.window, geom.windows_per_row, geom.height, geom.width
-    wi = torch.arange(geom.windows_per_image, device=device)[:, None]
-    i = torch.arange(geom.n, device=device)[None, :]
-    y = (wi // nww) * m + i // m
-    x = (wi % nww) * m + i % m
+    m, h, w_ = geom.window, geom.height, geom.width
+    y, x = _window_yx(geom, torch.arange(geom.windows_per_image, device=device)[:, None])
     ids = (
         ((y >= h - m).long() + (y >= h - geom.shift).long()) * 3 + (x >= w_ - m).long() + (x >= w_ - geom.shift).long()
     )
@@ -395,16 +427,11 @@ def _torch_backward(
     dq: torch.Tensor,
     dk: torch.Tensor,
     dv: torch.Tensor,
-    geom: _Geometry,
-    bias_mode: int,
-    bias: torch.Tensor | None,
-    index: torch.Tensor | None,
-    mask_mode: int,
-    mask: torch.Tensor | None,
-    scale: float,
+    spec: _Spec,
     bias_grad: bool,
 ) -> torch.Tensor | None:
     """Same contract as :func:`_launch_backward`, recomputed in fp32 torch (fallback, O(BW*heads*N^2) memory)."""
+    geom = spec.geom
     heads, n, d = geom.heads, geom.n, geom.d
     tok = _shifted_tokens(geom, q.shape[0], q.device) if geom.shifted else None
 
@@ -423,13 +450,14 @@ def _torch_backward(
 
     with torch.enable_grad():
         qf, kf, vf = (windows(t).detach().requires_grad_() for t in (q, k, v))
-        attn = (qf * scale) @ kf.transpose(-2, -1)
+        attn = (qf * spec.scale) @ kf.transpose(-2, -1)
         dense = None
-        if bias_mode:
-            dense = (bias if bias_mode == 1 else bias[index].permute(2, 0, 1)).detach().float().requires_grad_()
+        if spec.bias_mode:
+            bias = spec.bias if spec.bias_mode == 1 else spec.bias[spec.index].permute(2, 0, 1)
+            dense = bias.detach().float().requires_grad_()
             attn = attn + dense
-        if mask_mode:
-            mw = mask.float() if mask_mode == 1 else _shifted_mask(geom, q.device)
+        if spec.mask_mode:
+            mw = spec.mask.float() if spec.mask_mode == 1 else _shifted_mask(geom, q.device)
             nw = mw.shape[0]
             attn = (attn.view(-1, nw, heads, n, n) + mw[None, :, None]).view(attn.shape)
         out = torch.softmax(attn, dim=-1) @ vf
@@ -450,30 +478,34 @@ def _backward(
     dq: torch.Tensor,
     dk: torch.Tensor,
     dv: torch.Tensor,
-    geom: _Geometry,
-    bias_mode: int,
-    bias: torch.Tensor | None,
-    index: torch.Tensor | None,
-    mask_mode: int,
-    mask: torch.Tensor | None,
-    scale: float,
+    spec: _Spec,
     bias_grad: bool,
 ) -> torch.Tensor | None:
-    """Triton backward; if it does not fit the device (e.g. fp32 with D = 64 needs ~200 KB of shared
+    """Fill dq/dk/dv; return the gradient of the bias argument (dense bias or table) when ``bias_grad``.
+
+    Triton backward; if it does not fit the device (e.g. fp32 with D = 64 needs ~200 KB of shared
     memory), fall back to an fp32 torch recompute instead of failing in the middle of a training step."""
+    do = do if do.is_contiguous() else do.contiguous()
     try:
-        return _launch_backward(
-            q, k, v, o, do, lse, dq, dk, dv, geom, bias_mode, bias, index, mask_mode, mask, scale, bias_grad
-        )
+        dbias = _launch_backward(q, k, v, o, do, lse, dq, dk, dv, spec, bias_grad)
     except Exception as exc:
         if not _is_out_of_resources(exc):
             raise
         logger.warning("window attention backward: %s; using the torch fallback for this call", exc)
-    return _torch_backward(q, k, v, do, dq, dk, dv, geom, bias_mode, bias, index, mask_mode, mask, scale, bias_grad)
+        dbias = _torch_backward(q, k, v, do, dq, dk, dv, spec, bias_grad)
+    return _bias_grad(dbias, spec) if bias_grad else None
 
 
-def _output_grad(do: torch.Tensor) -> torch.Tensor:
-    return do if do.is_contiguous() else do.contiguous()
+def _save_for_backward(ctx: torch.autograd.function.FunctionCtx, spec: _Spec, *tensors: torch.Tensor) -> None:
+    """Save ``tensors`` and the spec's bias / index / mask with ``ctx.save_for_backward``, the rest on ctx."""
+    ctx.save_for_backward(*tensors, spec.bias, spec.index, spec.mask)
+    ctx.spec = dataclasses.replace(spec, bias=None, index=None, mask=None)
+
+
+def _saved(ctx: torch.autograd.function.FunctionCtx) -> tuple[list[torch.Tensor], _Spec]:
+    """Inverse of :func:`_save_for_backward`: (the saved tensors, the spec)."""
+    *tensors, bias, index, mask = ctx.saved_tensors
+    return tensors, dataclasses.replace(ctx.spec, bias=bias, index=index, mask=mask)
 
 
 class _WindowAttentionFunction(torch.autograd.Function):
@@ -493,25 +525,19 @@ class _WindowAttentionFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         bw, heads, n, d = q.shape
         geom = _Geometry(windows=bw, heads=heads, n=n, d=d)
+        spec = _Spec(geom, bias_mode, bias, index, 0 if mask is None else 1, mask, scale)
         o = torch.empty((bw, heads, n, d), device=q.device, dtype=q.dtype)
-        mask_mode = 0 if mask is None else 1
-        lse = _launch_forward(q, k, v, o, geom, bias_mode, bias, index, mask_mode, mask, scale)
-        ctx.save_for_backward(q, k, v, o, lse, bias, index, mask)
-        ctx.geom, ctx.bias_mode, ctx.mask_mode, ctx.scale = geom, bias_mode, mask_mode, scale
+        lse = _launch_forward(q, k, v, o, spec)
+        _save_for_backward(ctx, spec, q, k, v, o, lse)
         return o
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, o, lse, bias, index, mask = ctx.saved_tensors
-        do = _output_grad(do)
+        (q, k, v, o, lse), spec = _saved(ctx)
         dq, dk, dv = (torch.empty_like(o) for _ in range(3))
-        bias_grad = bias is not None and ctx.needs_input_grad[3]
-        dbias = _backward(
-            q, k, v, o, do, lse, dq, dk, dv, ctx.geom, ctx.bias_mode, bias, index, ctx.mask_mode, mask, ctx.scale,
-            bias_grad,
-        )  # fmt: skip
-        dbias_out = _bias_grad(dbias, ctx.bias_mode, bias, index) if bias_grad else None
-        return dq, dk, dv, dbias_out, None, None, None, None
+        bias_grad = spec.bias is not None and ctx.needs_input_grad[3]
+        dbias = _backward(q, k, v, o, do, lse, dq, dk, dv, spec, bias_grad)
+        return dq, dk, dv, dbias, None, None, None, None
 
 
 def window_attention(
@@ -543,11 +569,7 @@ def window_attention(
         TypeError / ValueError: unsupported dtype / shape / device / layout (see :func:`supports`).
         RuntimeError: triton is not installed.
     """
-    _require_triton()
-    try:
-        bias_mode, b, index = _validate(q, k, v, bias, mask)
-    except _Reject as rej:
-        raise rej.kind(f"window_attention: {rej}") from None
+    bias_mode, b, index = _validated("window_attention", _validate, q, k, v, bias, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return _WindowAttentionFunction.apply(q, k, v, b, index, mask, bias_mode, float(scale))
@@ -593,11 +615,12 @@ def supports_fused_shift(
     """Whether :func:`window_attention_fused_shift` can run these inputs; ``(False, reason)`` when not."""
     if not is_available():
         return False, "triton not importable, or no CUDA device and TRITON_INTERPRET is not set"
-    try:
-        _validate_fused(qkv, bias, num_heads, window_size, shift_size)
-    except _Reject as rej:
-        return False, str(rej)
-    return True, ""
+    return _accepts(_validate_fused, qkv, bias, num_heads, window_size, shift_size)
+
+
+def _qkv_channels(t: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The q, k, v channel slices (views) of a ``(B, H, W, 3*C)`` map."""
+    return t[..., :c], t[..., c : 2 * c], t[..., 2 * c :]
 
 
 class _FusedShiftFunction(torch.autograd.Function):
@@ -614,30 +637,22 @@ class _FusedShiftFunction(torch.autograd.Function):
         scale: float,
     ) -> torch.Tensor:
         c = geom.heads * geom.d
+        spec = _Spec(geom, bias_mode, bias, index, 2 if geom.shift > 0 else 0, None, scale)
         out = torch.empty(qkv.shape[:3] + (c,), device=qkv.device, dtype=qkv.dtype)
-        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
-        mask_mode = 2 if geom.shift > 0 else 0
-        lse = _launch_forward(q, k, v, out, geom, bias_mode, bias, index, mask_mode, None, scale)
-        ctx.save_for_backward(qkv, out, lse, bias, index)
-        ctx.geom, ctx.bias_mode, ctx.mask_mode, ctx.scale = geom, bias_mode, mask_mode, scale
+        lse = _launch_forward(*_qkv_channels(qkv, c), out, spec)
+        _save_for_backward(ctx, spec, qkv, out, lse)
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        qkv, out, lse, bias, index = ctx.saved_tensors
-        geom = ctx.geom
-        c = geom.heads * geom.d
-        dout = _output_grad(dout)
+        (qkv, out, lse), spec = _saved(ctx)
+        c = spec.geom.heads * spec.geom.d
         dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)  # every element is written once
-        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
-        dq, dk, dv = dqkv[..., :c], dqkv[..., c : 2 * c], dqkv[..., 2 * c :]
-        bias_grad = bias is not None and ctx.needs_input_grad[1]
-        dbias = _backward(
-            q, k, v, out, dout, lse, dq, dk, dv, geom, ctx.bias_mode, bias, index, ctx.mask_mode, None, ctx.scale,
-            bias_grad,
-        )  # fmt: skip
-        dbias_out = _bias_grad(dbias, ctx.bias_mode, bias, index) if bias_grad else None
-        return dqkv, dbias_out, None, None, None, None
+        q, k, v = _qkv_channels(qkv, c)
+        dq, dk, dv = _qkv_channels(dqkv, c)
+        bias_grad = spec.bias is not None and ctx.needs_input_grad[1]
+        dbias = _backward(q, k, v, out, dout, lse, dq, dk, dv, spec, bias_grad)
+        return dqkv, dbias, None, None, None, None
 
 
 def window_attention_fused_shift(
@@ -672,11 +687,9 @@ def window_attention_fused_shift(
         ``(B, H, W, C)`` in qkv's dtype, channels ``(heads, D)``, tokens at their unshifted positions
         (ready for the output projection).
     """
-    _require_triton()
-    try:
-        geom, bias_mode, b, index = _validate_fused(qkv, bias, num_heads, window_size, shift_size)
-    except _Reject as rej:
-        raise rej.kind(f"window_attention_fused_shift: {rej}") from None
+    geom, bias_mode, b, index = _validated(
+        "window_attention_fused_shift", _validate_fused, qkv, bias, num_heads, window_size, shift_size
+    )
     if scale is None:
         scale = geom.d**-0.5
     return _FusedShiftFunction.apply(qkv, b, index, geom, bias_mode, float(scale))

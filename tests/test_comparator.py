@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +12,7 @@ from torch import nn
 SMALL = ComparatorConfig(channels=(4, 8, 8), hidden=8, mask_channels=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small ops on a shared, busy 2-core host: 2 intra-op threads spin-wait on each other and ran the
-    training test 50x slower (127 s vs 2.5 s) under load; one thread is fast and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("residual", [True, False])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,7 @@ IMAGE_SIZE, GRID = (96, 96), (3, 3)  # 32 x 32 patches, masks 8 x 8
 STEPS, BATCH, POOL, LR = 100, 32, 128, 5e-3  # the tiny training run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small ops on a shared, busy 2-core host: 2 intra-op threads spin-wait on each other and ran the
-    training test 50x slower (127 s vs 2.5 s) under load; one thread is fast and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ helpers
