@@ -47,8 +47,14 @@ def _fit(train_dir: Path, args: argparse.Namespace, **kw: Any) -> Any:
     from patchloupe import Detector
 
     t0 = time.perf_counter()
-    det = Detector.fit(train_dir, generator_steps=args.generator_steps, comparator_steps=args.comparator_steps,
-                       progress=False, seed=args.seed, **kw)
+    det = Detector.fit(
+        train_dir,
+        generator_steps=args.generator_steps,
+        comparator_steps=args.comparator_steps,
+        progress=False,
+        seed=args.seed,
+        **kw,
+    )
     det.config.training["bench_fit_wall_s"] = round(time.perf_counter() - t0, 1)
     return det
 
@@ -57,14 +63,28 @@ def section_families(args: argparse.Namespace, data: Path) -> list[dict[str, Any
     from patchloupe.data.synth import FAMILIES, generate_dataset
 
     fams = args.families.split(",") if args.families else list(FAMILIES)
-    generate_dataset(data, families=fams, n_train=args.n_train, n_test_good=args.n_test_good,
-                     n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed, style=0)
+    generate_dataset(
+        data,
+        families=fams,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect_per_kind=args.n_test_defect,
+        size=256,
+        seed=args.seed,
+        style=0,
+    )
     rows = []
     for fam in fams:
         det = _fit(_cat(data, fam, 0) / "train" / "good", args)
         res = det.evaluate(_cat(data, fam, 0))
-        rows.append({"family": fam, "grid": list(det.config.grid), "fit_s": det.config.training["bench_fit_wall_s"],
-                     **_metrics(res)})
+        rows.append(
+            {
+                "family": fam,
+                "grid": list(det.config.grid),
+                "fit_s": det.config.training["bench_fit_wall_s"],
+                **_metrics(res),
+            }
+        )
         log.info("families %s", rows[-1])
     return rows
 
@@ -75,15 +95,30 @@ def section_shift(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     rows = []
     for fam in args.shift_families.split(","):
         for style in (0, 1):
-            generate_dataset(data, families=[fam], n_train=args.n_train,
-                             n_test_good=args.n_test_good, n_test_defect_per_kind=args.n_test_defect, size=256,
-                             seed=args.seed + style, style=style)
+            generate_dataset(
+                data,
+                families=[fam],
+                n_train=args.n_train,
+                n_test_good=args.n_test_good,
+                n_test_defect_per_kind=args.n_test_defect,
+                size=256,
+                seed=args.seed + style,
+                style=style,
+            )
         src = _fit(_cat(data, fam, 0) / "train" / "good", args)
         tgt = _fit(_cat(data, fam, 1) / "train" / "good", args)
         shifted = _metrics(src.evaluate(_cat(data, fam, 1)))
         same = _metrics(tgt.evaluate(_cat(data, fam, 1)))
-        rows.append({"family": fam, "fit_on": "style0", "eval_on": "style1", "shifted": shifted, "same_style": same,
-                     "image_auroc_drop": (same["image_auroc"] or 0) - (shifted["image_auroc"] or 0)})
+        rows.append(
+            {
+                "family": fam,
+                "fit_on": "style0",
+                "eval_on": "style1",
+                "shifted": shifted,
+                "same_style": same,
+                "image_auroc_drop": (same["image_auroc"] or 0) - (shifted["image_auroc"] or 0),
+            }
+        )
         log.info("shift %s", rows[-1])
     return rows
 
@@ -96,8 +131,16 @@ def section_default(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     rows = []
     style = args.unseen_style
     fams = args.families.split(",") if args.families else list(FAMILIES)
-    generate_dataset(data / "unseen", families=fams, n_train=0, n_test_good=args.n_test_good,
-                     n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed + 100, style=style)
+    generate_dataset(
+        data / "unseen",
+        families=fams,
+        n_train=0,
+        n_test_good=args.n_test_good,
+        n_test_defect_per_kind=args.n_test_defect,
+        size=256,
+        seed=args.seed + 100,
+        style=style,
+    )
     for fam in fams:
         rows.append({"data": f"{fam}/style{style}", **_metrics(det.evaluate(_cat(data / "unseen", fam, style)))})
     if TILE.is_dir():
@@ -111,9 +154,19 @@ def section_tile(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
         return []
     det = _fit(TILE / "train" / "good", args)
     res = det.evaluate(TILE)
-    return [{"data": "magnetic_tile", "grid": list(det.config.grid), "fit_s": det.config.training["bench_fit_wall_s"],
-             **_metrics(res), "threshold": det.threshold, "tp": res.get("tp"), "fp": res.get("fp"),
-             "tn": res.get("tn"), "fn": res.get("fn")}]
+    return [
+        {
+            "data": "magnetic_tile",
+            "grid": list(det.config.grid),
+            "fit_s": det.config.training["bench_fit_wall_s"],
+            **_metrics(res),
+            "threshold": det.threshold,
+            "tp": res.get("tp"),
+            "fp": res.get("fp"),
+            "tn": res.get("tn"),
+            "fn": res.get("fn"),
+        }
+    ]
 
 
 def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
@@ -121,8 +174,16 @@ def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     from patchloupe.data.synth import generate_dataset
 
     torch.set_num_threads(2)
-    generate_dataset(data / "cost", families=["cloth"], n_train=args.cost_images, n_test_good=2,
-                     n_test_defect_per_kind=1, size=256, seed=args.seed, style=0)
+    generate_dataset(
+        data / "cost",
+        families=["cloth"],
+        n_train=args.cost_images,
+        n_test_good=2,
+        n_test_defect_per_kind=1,
+        size=256,
+        seed=args.seed,
+        style=0,
+    )
     train_dir = data / "cost" / "cloth" / "train" / "good"
     det = _fit(train_dir, args, grid=(4, 4))
     img = np.asarray(__import__("cv2").imread(str(next(train_dir.iterdir()))))[..., ::-1].copy()
@@ -139,14 +200,25 @@ def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         default.inspect(img)
         dtimes.append((time.perf_counter() - t0) * 1000)
-    return [{"what": f"fit on {args.cost_images} images (256x256)", "wall_s": det.config.training["bench_fit_wall_s"],
-             "generator_steps": args.generator_steps, "comparator_steps": args.comparator_steps},
-            {"what": "inspect 256x256, batch 1, 2 threads, fitted model", "median_ms": statistics.median(times)},
-            {"what": "inspect 256x256, batch 1, 2 threads, default model", "median_ms": statistics.median(dtimes)}]
+    return [
+        {
+            "what": f"fit on {args.cost_images} images (256x256)",
+            "wall_s": det.config.training["bench_fit_wall_s"],
+            "generator_steps": args.generator_steps,
+            "comparator_steps": args.comparator_steps,
+        },
+        {"what": "inspect 256x256, batch 1, 2 threads, fitted model", "median_ms": statistics.median(times)},
+        {"what": "inspect 256x256, batch 1, 2 threads, default model", "median_ms": statistics.median(dtimes)},
+    ]
 
 
-SECTIONS = {"families": section_families, "shift": section_shift, "default": section_default,
-            "tile": section_tile, "cost": section_cost}
+SECTIONS = {
+    "families": section_families,
+    "shift": section_shift,
+    "default": section_default,
+    "tile": section_tile,
+    "cost": section_cost,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,12 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    record["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                         "date": date.today().isoformat()}
+    record["machine"] = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "date": date.today().isoformat(),
+    }
     for name in args.sections.split(","):
         t0 = time.perf_counter()
-        record[name] = {"rows": SECTIONS[name](args, data), "wall_s": round(time.perf_counter() - t0, 1),
-                        "args": vars(args)}
+        record[name] = {
+            "rows": SECTIONS[name](args, data),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "args": vars(args),
+        }
         out_path.write_text(json.dumps(record, indent=2, default=str))
         print(f"== {name} ({record[name]['wall_s']} s)")
         for row in record[name]["rows"]:

@@ -20,8 +20,9 @@ def preset_detector(preset: str, image: int = 256, grid: int = 4) -> Detector:
     patch = image // grid
     gen = build_generator(preset, patch_size=(patch, patch))
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(image_size=(image, image), grid=(grid, grid), generator=gen.config.to_dict(),
-                         comparator=comp.config.to_dict())
+    cfg = DetectorConfig(
+        image_size=(image, image), grid=(grid, grid), generator=gen.config.to_dict(), comparator=comp.config.to_dict()
+    )
     return Detector(gen, comp, cfg)
 
 

@@ -22,8 +22,13 @@ def _tiny(seed: int = 0) -> Detector:
     torch.manual_seed(seed)
     gen = build_generator("tiny")
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3), generator=gen.config.to_dict(),
-                         comparator=comp.config.to_dict(), threshold=0.5)
+    cfg = DetectorConfig(
+        image_size=(96, 96),
+        grid=(3, 3),
+        generator=gen.config.to_dict(),
+        comparator=comp.config.to_dict(),
+        threshold=0.5,
+    )
     return Detector(gen, comp, cfg)
 
 
@@ -108,8 +113,16 @@ def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_
 
 
 def test_fit_tiny_chooses_grid_and_calibrates(model_dir: Path, textures: Path) -> None:
-    det = Detector.fit(textures / "train" / "good", base=model_dir, grid="auto", grid_candidates=((3, 3), (4, 4)),
-                       generator_steps=2, comparator_steps=2, batch_size=4, progress=False)
+    det = Detector.fit(
+        textures / "train" / "good",
+        base=model_dir,
+        grid="auto",
+        grid_candidates=((3, 3), (4, 4)),
+        generator_steps=2,
+        comparator_steps=2,
+        batch_size=4,
+        progress=False,
+    )
     assert det.config.grid in ((3, 3), (4, 4))
     assert set(det.config.training["grid_error_ratio"]) == {"3x3", "4x4"}
     assert det.config.calibration["n_images"] >= 1
@@ -125,16 +138,16 @@ def test_evaluate_returns_metrics(model_dir: Path, textures: Path) -> None:
     assert res["n_good"] == 3 and res["n_defect"] == 5 and not res["errors"]
 
 
-def test_cli_inspect_folder_reports_bad_files_and_goes_on(model_dir: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_inspect_folder_reports_bad_files_and_goes_on(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
         cv2.imwrite(str(src / f"img{i}.png"), _img(i, (64, 80, 3)))
     (src / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    rc = main(["inspect", "--model", str(model_dir), str(src), str(tmp_path / "nope.png"), "--out", str(out),
-               "--json"])
+    rc = main(["inspect", "--model", str(model_dir), str(src), str(tmp_path / "nope.png"), "--out", str(out), "--json"])
     assert rc == 1  # some inputs failed, the rest were inspected
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3 and all("score" in d for d in lines)
@@ -149,18 +162,35 @@ def test_cli_inspect_video(model_dir: Path, tmp_path: Path, capsys: pytest.Captu
     for i in range(4):
         writer.write(_img(i, (48, 64, 3)))
     writer.release()
-    rc = main(["inspect", "--model", str(model_dir), str(path), "--out", str(tmp_path / "o"), "--json",
-               "--every", "2"])
+    rc = main(["inspect", "--model", str(model_dir), str(path), "--out", str(tmp_path / "o"), "--json", "--every", "2"])
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [d["source"].rsplit("=", 1)[1] for d in lines] == ["0", "2"]
 
 
-def test_cli_fit_and_evaluate(model_dir: Path, textures: Path, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fit_and_evaluate(
+    model_dir: Path, textures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "fitted"
-    rc = main(["fit", str(textures / "train" / "good"), "-o", str(out), "--base", str(model_dir), "--grid", "3x3",
-               "--generator-steps", "1", "--comparator-steps", "1", "--batch-size", "2", "-q"])
+    rc = main(
+        [
+            "fit",
+            str(textures / "train" / "good"),
+            "-o",
+            str(out),
+            "--base",
+            str(model_dir),
+            "--grid",
+            "3x3",
+            "--generator-steps",
+            "1",
+            "--comparator-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "-q",
+        ]
+    )
     assert rc == 0 and (out / "detector.json").is_file()
     rc = main(["evaluate", str(textures), "--model", str(out), "--json"])
     assert rc == 0

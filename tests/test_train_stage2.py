@@ -185,8 +185,18 @@ def test_tiny_training_separates_defects(tiny_generator: torch.nn.Module) -> Non
     comp = PatternComparator(SMALL)
     au0, iou0 = _scores(comp, held)
     res = train_comparator(
-        comp, tiny_generator, images, image_size=IMAGE_SIZE, grid=GRID, steps=STEPS, batch_size=BATCH, lr=LR,
-        seed=0, precompute=POOL, progress=False, log_every=STEPS // 4,
+        comp,
+        tiny_generator,
+        images,
+        image_size=IMAGE_SIZE,
+        grid=GRID,
+        steps=STEPS,
+        batch_size=BATCH,
+        lr=LR,
+        seed=0,
+        precompute=POOL,
+        progress=False,
+        log_every=STEPS // 4,
     )
     assert res.steps == STEPS and res.start_step == 0 and len(res.history) == 4
     assert not comp.training and not tiny_generator.training

@@ -106,4 +106,3 @@ class InspectionError:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "error": self.error}
-

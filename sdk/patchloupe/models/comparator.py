@@ -153,8 +153,10 @@ class PatternComparator(nn.Module):
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return
         if generated.shape != real.shape or generated.ndim != 4 or generated.shape[1] != 3:
-            raise ValueError(f"expected two (B, 3, h, w) tensors of equal shape, got {tuple(generated.shape)} "
-                             f"and {tuple(real.shape)}")
+            raise ValueError(
+                f"expected two (B, 3, h, w) tensors of equal shape, got {tuple(generated.shape)} "
+                f"and {tuple(real.shape)}"
+            )
         h, w = generated.shape[-2:]
         if h % 4 or w % 4 or h < 16 or w < 16:
             raise ValueError(f"patch size {h}x{w} must be a multiple of 4 and at least 16")

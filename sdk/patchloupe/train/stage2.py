@@ -61,6 +61,7 @@ __all__ = [
     "train_comparator",
 ]
 
+
 # ---------------------------------------------------------------------------------------------- losses
 def hinge_loss(logit: torch.Tensor, y: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """Mean ``max(0, margin - y * s)``; ``logit`` (B,) is the similarity score s, ``y`` (B,) in {+1, -1}."""
@@ -147,8 +148,15 @@ def downsample_mask(mask: torch.Tensor, factor: int = 4) -> torch.Tensor:
 class _PredictionPool:
     """Frozen-generator predictions for a fixed pool of triplets, stored as uint8 on the CPU."""
 
-    def __init__(self, generator: nn.Module, sampler: TripletSampler, size: int, device: torch.device,
-                 rng: np.random.Generator, chunk: int = 64) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        sampler: TripletSampler,
+        size: int,
+        device: torch.device,
+        rng: np.random.Generator,
+        chunk: int = 64,
+    ) -> None:
         preds, reals = [], []
         done = 0
         while done < size:
@@ -266,8 +274,9 @@ def train_comparator(
     else:
         if image_size is None or grid is None:
             raise ValueError("image_size and grid are required unless images is a TripletSampler")
-        sampler = TripletSampler(images, image_size=image_size, grid=grid, directions=directions, seed=seed,
-                                 offset_jitter=offset_jitter)
+        sampler = TripletSampler(
+            images, image_size=image_size, grid=grid, directions=directions, seed=seed, offset_jitter=offset_jitter
+        )
     if sampler.ph % 4 or sampler.pw % 4 or min(sampler.ph, sampler.pw) < 16:
         raise ValueError(f"patches of {sampler.ph}x{sampler.pw} px: the comparator needs multiples of 4, >= 16")
 
@@ -282,11 +291,24 @@ def train_comparator(
 
     optimizer = torch.optim.AdamW(param_groups(comparator, weight_decay), lr=lr)
     run = {
-        "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "min_lr": min_lr, "warmup": warmup,
-        "weight_decay": weight_decay, "defect_prob": defect_prob, "defect_kinds": list(kinds), "margin": margin,
-        "mask_weight": mask_weight, "dice_weight": dice_weight, "precompute": int(precompute),
-        "image_size": [sampler.height, sampler.width], "grid": [sampler.rows, sampler.cols],
-        "directions": list(sampler.directions), "n_images": len(sampler), "comparator": comparator.config.to_dict(),
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "lr": lr,
+        "min_lr": min_lr,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "defect_prob": defect_prob,
+        "defect_kinds": list(kinds),
+        "margin": margin,
+        "mask_weight": mask_weight,
+        "dice_weight": dice_weight,
+        "precompute": int(precompute),
+        "image_size": [sampler.height, sampler.width],
+        "grid": [sampler.rows, sampler.cols],
+        "directions": list(sampler.directions),
+        "n_images": len(sampler),
+        "comparator": comparator.config.to_dict(),
     }
     manager = CheckpointManager(ckpt_dir, keep=keep_checkpoints) if ckpt_dir is not None else None
     start, history, wall_before = 0, [], 0.0
@@ -307,8 +329,9 @@ def train_comparator(
     window: list[dict[str, float]] = []
     final_loss = history[-1]["loss"] if history else math.nan
     comparator.train()
-    bar = Progress(steps, initial=start, desc="stage 2 (comparator)", enabled=progress, log_every=log_every,
-                   log_to=logger)
+    bar = Progress(
+        steps, initial=start, desc="stage 2 (comparator)", enabled=progress, log_every=log_every, log_to=logger
+    )
     try:
         for step in range(start, steps):
             lr_now = warmup_cosine(step, steps, warmup, lr, min_lr)
@@ -326,8 +349,9 @@ def train_comparator(
             mask_t = downsample_mask(mask_full.to(dev))
 
             logit, mask_logit = comparator.forward_logits(pred, real)
-            loss, parts = comparator_loss(logit, mask_logit, y, mask_t, margin=margin, mask_weight=mask_weight,
-                                          dice_weight=dice_weight)
+            loss, parts = comparator_loss(
+                logit, mask_logit, y, mask_t, margin=margin, mask_weight=mask_weight, dice_weight=dice_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -358,8 +382,15 @@ def train_comparator(
         last_ckpt = manager.directory / f"{manager.name_for(start)}.json"
     wall = time.perf_counter() - t_start
     logger.info("stage 2 done: %d steps, final loss %.4g, %.1f s", max(start, steps), final_loss, wall)
-    return TrainResult(steps=max(start, steps), final_loss=float(final_loss), wall_s=wall, history=history,
-                       start_step=start, checkpoint=last_ckpt, total_wall_s=wall_before + wall)
+    return TrainResult(
+        steps=max(start, steps),
+        final_loss=float(final_loss),
+        wall_s=wall,
+        history=history,
+        start_step=start,
+        checkpoint=last_ckpt,
+        total_wall_s=wall_before + wall,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -380,8 +411,8 @@ def score_pairs(
     try:
         with torch.inference_mode():
             for i in range(0, generated.shape[0], batch_size):
-                g = generated[i:i + batch_size].to(dev, torch.float32)
-                r = real[i:i + batch_size].to(dev, torch.float32)
+                g = generated[i : i + batch_size].to(dev, torch.float32)
+                r = real[i : i + batch_size].to(dev, torch.float32)
                 p, m, _ = comparator(g, r)
                 ps.append(p.to(generated.device))
                 ms.append(m.to(generated.device))
