@@ -33,6 +33,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check sdk kernels tests benchmarks
+	$(PY) -m ruff format --check -q sdk kernels tests benchmarks
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 	$(PY) -m pytest benchmarks -m "not slow and not gpu" --benchmark-disable -q -p no:cacheprovider
 
