@@ -207,3 +207,16 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.C
 def test_console_script_installed() -> None:
     r = subprocess.run([sys.executable, "-m", "patchloupe.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "inspect" in r.stdout and "fit" in r.stdout
+
+
+def test_fit_with_zero_steps_keeps_the_base_networks(model_dir: Path, textures: Path) -> None:
+    base = Detector.load(model_dir)
+    det = Detector.fit(
+        textures / "train" / "good", base=base, grid=(3, 3), generator_steps=0, comparator_steps=0, progress=False
+    )
+    for a, b in ((det.generator, base.generator), (det.comparator, base.comparator)):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    assert det.config.calibration["n_images"] >= 1
+    with pytest.raises(ValueError, match=">= 0"):
+        Detector.fit(textures / "train" / "good", base=base, generator_steps=-1)

@@ -83,8 +83,8 @@ def fit_detector(
     Starts from ``base`` (the built-in default model when None), chooses the patch grid among
     ``grid_candidates`` by held-out prediction error unless ``grid`` is given, fine-tunes the
     generator (MSE, stage 1) and then the comparator (hinge + BCE on synthetic defects, stage 2) on
-    ``1 - holdout`` of the images, and calibrates the threshold on the held-out rest at
-    ``false_alarm_rate``.
+    ``1 - holdout`` of the images (0 steps keeps that network of ``base`` as it is), and calibrates
+    the threshold on the held-out rest at ``false_alarm_rate``.
     """
     from patchloupe.train.stage1 import train_generator
     from patchloupe.train.stage2 import train_comparator
@@ -93,6 +93,8 @@ def fit_detector(
     imgs = collect_images(images)
     if len(imgs) < 5:
         raise ValueError(f"fit needs at least 5 readable defect-free images, got {len(imgs)}")
+    if generator_steps < 0 or comparator_steps < 0:
+        raise ValueError(f"steps must be >= 0, got {generator_steps} and {comparator_steps}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
     base_det = base if isinstance(base, Detector) else Detector.load(base)
@@ -130,33 +132,37 @@ def fit_detector(
     # Column-wise directions run the generator on transposed patches; the sampler transposes column
     # triplets the same way, so one network learns all four directions.
     dirs = tuple(config.directions)
-    g = train_generator(
-        generator.train(),
-        train,
-        image_size=size,
-        grid=chosen,
-        steps=generator_steps,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        device=device,
-        directions=dirs,
-    )
+    g = None  # generator_steps=0 keeps the base model's generator unchanged
+    if generator_steps > 0:
+        g = train_generator(
+            generator.train(),
+            train,
+            image_size=size,
+            grid=chosen,
+            steps=generator_steps,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            device=device,
+            directions=dirs,
+        )
     generator.eval()
-    c = train_comparator(
-        comparator.train(),
-        generator,
-        train,
-        image_size=size,
-        grid=chosen,
-        steps=comparator_steps,
-        batch_size=batch_size,
-        seed=seed + 1,
-        progress=progress,
-        device=device,
-        directions=dirs,
-        precompute=min(512, 16 * comparator_steps),
-    )
+    c = None  # comparator_steps=0 keeps the base model's (generic) comparator unchanged
+    if comparator_steps > 0:
+        c = train_comparator(
+            comparator.train(),
+            generator,
+            train,
+            image_size=size,
+            grid=chosen,
+            steps=comparator_steps,
+            batch_size=batch_size,
+            seed=seed + 1,
+            progress=progress,
+            device=device,
+            directions=dirs,
+            precompute=min(512, 16 * comparator_steps),
+        )
     comparator.eval()
     config.generator = generator.config.to_dict()
     config.comparator = comparator.config.to_dict()
