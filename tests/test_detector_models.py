@@ -220,3 +220,15 @@ def test_fit_with_zero_steps_keeps_the_base_networks(model_dir: Path, textures: 
     assert det.config.calibration["n_images"] >= 1
     with pytest.raises(ValueError, match=">= 0"):
         Detector.fit(textures / "train" / "good", base=base, generator_steps=-1)
+
+
+def test_prediction_error_ratio_is_one_for_the_copy_predictor() -> None:
+    from patchloupe.fit import prediction_error_ratio
+
+    class Copy(torch.nn.Module):
+        def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+            return second
+
+    imgs = [_img(i, (96, 96, 3)) for i in range(2)]
+    assert prediction_error_ratio(Copy(), imgs, (96, 96), (3, 3)) == pytest.approx(1.0)
+    assert prediction_error_ratio(build_generator("tiny"), imgs, (96, 96), (3, 3)) > 0

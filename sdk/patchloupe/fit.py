@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from patchloupe import _native
 from patchloupe.detector import Detector, DetectorConfig
-from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
+from patchloupe.preprocess import ImageLike, check_geometry, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ def collect_images(images: str | os.PathLike[str] | Sequence[ImageLike]) -> list
     return out
 
 
-@torch.inference_mode()
 def prediction_error_ratio(
     generator: torch.nn.Module, images: Sequence[np.ndarray], image_size: tuple[int, int], grid: tuple[int, int]
 ) -> float:
@@ -48,18 +46,11 @@ def prediction_error_ratio(
 
     Lower is better; it is comparable across grids because both errors are measured on the same patches.
     """
-    rows, cols = grid
-    trip = np.concatenate([_native.neighbor_triplets(rows, cols, d) for d in ("ltr", "rtl")])
-    trip_t = torch.from_numpy(np.asarray(trip, dtype=np.int64))
-    gen_err = copy_err = 0.0
-    for img in images:
-        patches = np.asarray(_native.tile(resize_for_model(img, image_size), grid))
-        x = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)
-        pred = generator.predict_targets(x, trip_t)
-        target = x[trip_t[:, 2]]
-        gen_err += float(((pred - target) ** 2).mean())
-        copy_err += float(((x[trip_t[:, 1]] - target) ** 2).mean())
-    return gen_err / max(copy_err, 1e-12)
+    from patchloupe.train.stage1 import evaluate_prediction
+
+    with torch.inference_mode():
+        r = evaluate_prediction(generator, images, image_size=image_size, grid=grid, directions=("ltr", "rtl"))
+    return r["mse"] / max(r["mse_copy"], 1e-12)
 
 
 def fit_detector(
