@@ -1,0 +1,48 @@
+"""The shared preprocessing policy (training and inference use the same functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from patchloupe import _native
+from patchloupe.detector import default_model_dir
+from patchloupe.preprocess import check_geometry, image_to_patches, load_rgb, resize_for_model, to_tensor
+
+
+def test_check_geometry() -> None:
+    assert check_geometry((256, 192), (4, 3)) == ((64, 64), (256, 192))
+    for size, grid in (((100, 100), (3, 3)), ((64, 64), (0, 4)), ((32, 32), (8, 8))):
+        with pytest.raises(ValueError):
+            check_geometry(size, grid)
+
+
+def test_resize_for_model_shrinks_enlarges_and_passes_through() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (300, 170, 3), dtype=np.uint8)
+    assert resize_for_model(img, (128, 96)).shape == (128, 96, 3)
+    assert resize_for_model(img, (512, 512)).shape == (512, 512, 3)
+    same = resize_for_model(img, (300, 170))
+    np.testing.assert_array_equal(same, img)
+
+
+def test_to_tensor_and_patches_match_the_native_tiler() -> None:
+    img = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    x = to_tensor(img)
+    assert x.shape == (3, 64, 96) and x.dtype == torch.float32 and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    assert to_tensor(img[None]).shape == (1, 3, 64, 96)
+    patches = image_to_patches(x[None], (4, 3))  # (1, 12, 3, 16, 32)
+    native = torch.from_numpy(np.asarray(_native.tile(img, (4, 3)))).permute(0, 3, 1, 2).float() / 255.0
+    torch.testing.assert_close(patches[0], native)
+    with pytest.raises(ValueError):
+        image_to_patches(x[None], (5, 3))
+
+
+def test_load_rgb_bgr_and_gray() -> None:
+    bgr = np.zeros((8, 8, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in OpenCV order
+    assert load_rgb(bgr, bgr=True)[0, 0].tolist() == [0, 0, 200]
+    assert load_rgb(np.full((8, 8), 7, np.uint8)).shape == (8, 8, 3)
+
+
+def test_default_model_dir_holds_a_model() -> None:
+    assert (default_model_dir() / "detector.json").is_file()
