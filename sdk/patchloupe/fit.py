@@ -57,6 +57,7 @@ def fit_detector(
     images: str | os.PathLike[str] | Sequence[ImageLike],
     *,
     base: str | os.PathLike[str] | Detector | None = None,
+    scorer: str = "pattern",
     grid: tuple[int, int] | str = "auto",
     grid_candidates: Sequence[tuple[int, int]] = DEFAULT_GRID_CANDIDATES,
     image_size: tuple[int, int] | None = None,
@@ -68,6 +69,7 @@ def fit_detector(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
+    coreset_fraction: float = 0.1,
 ) -> Detector:
     """Train a detector from defect-free images.
 
@@ -76,6 +78,11 @@ def fit_detector(
     generator (MSE, stage 1) and then the comparator (hinge + BCE on synthetic defects, stage 2) on
     ``1 - holdout`` of the images (0 steps keeps that network of ``base`` as it is), and calibrates
     the threshold on the held-out rest at ``false_alarm_rate``.
+
+    ``scorer="memory"`` instead builds a feature memory (``patchloupe.memory``: ImageNet MobileNetV2
+    features of the training images, a greedy coreset of ``coreset_fraction`` of them) and trains no
+    network; ``grid`` then only sets the resolution of ``patch_map`` (``"auto"`` = 8x8). The generator
+    and comparator of ``base`` are kept in the model unchanged.
     """
     from patchloupe.train.stage1 import train_generator
     from patchloupe.train.stage2 import train_comparator
@@ -88,6 +95,8 @@ def fit_detector(
         raise ValueError(f"steps must be >= 0, got {generator_steps} and {comparator_steps}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    if scorer not in ("pattern", "memory"):
+        raise ValueError(f"scorer must be 'pattern' or 'memory', got {scorer!r}")
     base_det = base if isinstance(base, Detector) else Detector.load(base)
     size = tuple(image_size) if image_size is not None else base_det.config.image_size
     rng = np.random.default_rng(seed)
@@ -97,6 +106,11 @@ def fit_detector(
     train = [imgs[i] for i in order[n_hold:]]
     generator = copy.deepcopy(base_det.generator).to("cpu")
     comparator = copy.deepcopy(base_det.comparator).to("cpu")
+    if scorer == "memory":
+        return _fit_memory(
+            generator, comparator, base_det, train, hold, size, grid, false_alarm_rate,
+            coreset_fraction, seed, progress, device, t_start, len(imgs),
+        )  # fmt: skip
 
     ratios: dict[str, float] = {}
     if isinstance(grid, str):
@@ -177,3 +191,54 @@ def fit_detector(
 def _final_loss(result: Any) -> float | None:
     loss = getattr(result, "final_loss", None)
     return None if loss is None else float(loss)
+
+
+def _fit_memory(
+    generator: torch.nn.Module,
+    comparator: torch.nn.Module,
+    base_det: Detector,
+    train: list[np.ndarray],
+    hold: list[np.ndarray],
+    size: tuple[int, int],
+    grid: tuple[int, int] | str,
+    false_alarm_rate: float,
+    coreset_fraction: float,
+    seed: int,
+    progress: bool,
+    device: str | torch.device | None,
+    t_start: float,
+    n_images: int,
+) -> Detector:
+    """The ``scorer="memory"`` branch of ``fit_detector``: build the memory, set its scale, calibrate."""
+    from patchloupe.memory import FeatureMemory, MemoryConfig
+
+    if isinstance(grid, str):
+        if grid != "auto":
+            raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
+        grid = (8, 8)
+    chosen = (int(grid[0]), int(grid[1]))
+    mcfg = MemoryConfig(coreset_fraction=coreset_fraction)
+    memory = FeatureMemory.build(train, size, mcfg, seed=seed, progress=progress)
+    memory.set_scale(hold, size)
+    config = DetectorConfig(
+        image_size=size,
+        grid=chosen,
+        directions=base_det.config.directions,
+        false_alarm_rate=false_alarm_rate,
+        scorer="memory",
+        generator=generator.config.to_dict(),
+        comparator=comparator.config.to_dict(),
+        memory=memory.config.to_dict(),
+    )
+    det = Detector(generator.eval(), comparator.eval(), config, device=device, memory=memory)
+    det.calibrate(hold, false_alarm_rate)
+    config.training = {
+        "n_images": n_images,
+        "n_train": len(train),
+        "n_holdout": len(hold),
+        "scorer": "memory",
+        "memory_size": int(memory.bank.shape[0]),
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "seed": seed,
+    }
+    return det

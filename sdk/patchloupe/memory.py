@@ -1,0 +1,247 @@
+"""The feature-memory scorer: nearest-neighbour distance to a memory of ImageNet features of
+defect-free images (the PatchCore recipe), an alternative to the pattern scorer for surfaces that
+are not a regular texture (see README, "Choosing a scorer").
+
+It is not the paper's method. The pattern scorer (generator + comparator) predicts each patch from
+its neighbours, which works on periodic and stationary textures and survives a change of texture;
+on real surfaces whose appearance is not predictable from the neighbours (the magnetic tiles of
+``docs/benchmarks.md``) it fails, and a memory of what normal local features look like does not.
+
+Pipeline for a batch of RGB images resized to the detector's ``image_size``:
+``(B, 3, H, W)`` -> frozen MobileNetV2 features at stride 8 and 16, each averaged over its 3x3
+neighbourhood, the stride-16 map upsampled to stride 8 and concatenated -> ``(B, C, H/8, W/8)``
+-> Euclidean distance of every position to its nearest memory vector -> upsampled to ``(H, W)`` and
+Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale`` fixed at fit time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from patchloupe.models.backbone import MobileNetV2Features, load_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemoryConfig:
+    """Settings of a feature memory (saved in ``detector.json`` under ``memory``)."""
+
+    taps: tuple[int, ...] = (6, 13)
+    coreset_fraction: float = 0.1
+    blur_sigma: float = 4.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.taps = tuple(int(t) for t in self.taps)
+        if not 0.0 < float(self.coreset_fraction) <= 1.0:
+            raise ValueError(f"coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
+        if not float(self.blur_sigma) >= 0.0:
+            raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if not (math.isfinite(float(self.scale)) and float(self.scale) > 0.0):
+            raise ValueError(f"scale must be positive, got {self.scale}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["taps"] = list(self.taps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MemoryConfig:
+        return cls(**{k: d[k] for k in ("taps", "coreset_fraction", "blur_sigma", "scale") if k in d})
+
+
+def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 64, progress: bool = False) -> torch.Tensor:
+    """Indices ``(n,)`` of a greedy k-center subset of ``x`` ``(N, C)``: each pick is the point farthest
+    from those already picked (distances in a random ``proj_dim``-d projection, as PatchCore does)."""
+    N = x.shape[0]
+    if not 0 < n <= N:
+        raise ValueError(f"coreset size must be in 1..{N}, got {n}")
+    if n == N:
+        return torch.arange(N)
+    g = torch.Generator().manual_seed(seed)
+    z = x.float()
+    if z.shape[1] > proj_dim:
+        z = z @ (torch.randn(z.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim))
+    z = z.contiguous()
+    picked = torch.empty(n, dtype=torch.long)
+    picked[0] = int(torch.randint(N, (1,), generator=g))
+    mind = torch.full((N,), float("inf"))
+    buf = torch.empty_like(z)
+    bar = _bar(n, progress, "coreset")
+    for i in range(1, n):
+        torch.sub(z, z[picked[i - 1]], out=buf)
+        d = buf.square_().sum(1)
+        torch.minimum(mind, d, out=mind)
+        picked[i] = int(torch.argmax(mind))
+        if bar is not None and i % 1000 == 0:
+            bar.update(1000)
+    if bar is not None:
+        bar.close()
+    return picked
+
+
+def _bar(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or None
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pt")
+
+
+class FeatureMemory(nn.Module):
+    """Frozen MobileNetV2 trunk + a memory ``bank`` ``(M, C)`` of defect-free feature vectors."""
+
+    def __init__(self, config: MemoryConfig, bank: torch.Tensor, trunk: MobileNetV2Features | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.trunk = trunk if trunk is not None else MobileNetV2Features(config.taps)
+        self.trunk.eval().requires_grad_(False)
+        if bank.ndim != 2 or bank.shape[1] != sum(self.trunk.channels):
+            raise ValueError(f"bank must be (M, {sum(self.trunk.channels)}), got {tuple(bank.shape)}")
+        self.register_buffer("bank", bank.float().contiguous())
+
+    # ---------------------------------------------------------------------------------- features
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)`` in [0, 1] -> locally aggregated features ``(B, C, H/8, W/8)``."""
+        maps = self.trunk(x)
+        size = maps[0].shape[-2:]
+        maps = [F.avg_pool2d(f, 3, 1, 1, count_include_pad=False) for f in maps]
+        maps = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear") for f in maps]
+        return torch.cat(maps, 1)
+
+    @torch.inference_mode()
+    def distances(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)`` -> nearest-memory Euclidean distance ``(B, H/8, W/8)``."""
+        f = self.features(x)
+        b, c, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(-1, c)
+        bank = self.bank.to(q.dtype)
+        bn = bank.square().sum(1)
+        out = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
+        for i in range(0, q.shape[0], chunk):
+            qi = q[i : i + chunk]
+            d2 = torch.addmm(bn[None], qi, bank.T, alpha=-2.0).add_(qi.square().sum(1, keepdim=True))
+            out[i : i + chunk] = d2.min(1).values.clamp_min_(0.0).sqrt_()
+        return out.reshape(b, h, w)
+
+    @torch.inference_mode()
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)`` -> distance map ``(B, H, W)``, upsampled and blurred (unnormalised)."""
+        d = self.distances(x)[:, None]
+        d = F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return _gaussian_blur(d, self.config.blur_sigma)[:, 0]
+
+    @torch.inference_mode()
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)`` -> anomaly map ``(B, H, W)`` in [0, 1): ``1 - exp(-d / scale)``."""
+        return -torch.expm1(-self.raw_map(x) / self.config.scale)
+
+    def flops(self, image_size: tuple[int, int]) -> int:
+        """FLOPs (2 x MACs) of the trunk's convolutions and the nearest-neighbour search for one image."""
+        total = 0
+        hooks = []
+
+        def count(mod: nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
+            nonlocal total
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total += 2 * out.numel() * k
+
+        for m in self.trunk.modules():
+            if isinstance(m, nn.Conv2d):
+                hooks.append(m.register_forward_hook(count))
+        try:
+            with torch.inference_mode():
+                maps = self.trunk(torch.zeros(1, 3, *image_size))
+        finally:
+            for h in hooks:
+                h.remove()
+        positions = maps[0].shape[-2] * maps[0].shape[-1]
+        return int(total + 2 * positions * self.bank.shape[0] * self.bank.shape[1])
+
+    # ---------------------------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        images: Sequence[np.ndarray],
+        image_size: tuple[int, int] | None,
+        config: MemoryConfig | None = None,
+        weights: str | None = None,
+        batch_size: int = 16,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> FeatureMemory:
+        """Memory from defect-free RGB uint8 images (any size; resized to ``image_size`` = (H, W)).
+
+        The bank is a greedy coreset of ``coreset_fraction`` of all feature vectors; ``config.scale``
+        is left as given (``fit`` sets it from held-out images with ``set_scale``).
+        """
+        config = config or MemoryConfig()
+        trunk = load_backbone(weights, config.taps)
+        mem = cls(config, torch.zeros(0, sum(trunk.channels)), trunk)
+        feats = []
+        for x in _batches(images, image_size, batch_size):
+            f = mem.features(x)
+            feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        allf = torch.cat(feats)
+        n = max(1, round(config.coreset_fraction * allf.shape[0]))
+        log.info("feature memory: %d vectors from %d images, keeping a coreset of %d", allf.shape[0], len(images), n)
+        idx = greedy_coreset(allf, n, seed=seed, progress=progress)
+        mem.bank = allf[idx].clone()
+        return mem
+
+    def set_scale(
+        self, images: Sequence[np.ndarray], image_size: tuple[int, int] | None, batch_size: int = 16
+    ) -> float:
+        """Set ``scale`` to the mean per-image maximum raw distance over defect-free ``images``."""
+        peaks = []
+        for x in _batches(images, image_size, batch_size):
+            peaks.append(self.raw_map(x).amax(dim=(1, 2)))
+        scale = float(torch.cat(peaks).mean())
+        self.config.scale = scale if math.isfinite(scale) and scale > 0.0 else 1.0
+        return self.config.scale
+
+
+def _batches(images: Sequence[np.ndarray], image_size: tuple[int, int] | None, batch_size: int):  # noqa: ANN202
+    """Float batches ``(B, 3, H, W)``: resized to ``image_size``, or one native-size image at a time when None."""
+    from patchloupe.preprocess import resize_for_model
+
+    if image_size is None:
+        for im in images:
+            yield to_batch([im])
+        return
+    for i in range(0, len(images), batch_size):
+        yield to_batch([resize_for_model(im, image_size) for im in images[i : i + batch_size]])
+
+
+def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """RGB uint8 images ``(H, W, 3)`` of one size -> float ``(B, 3, H, W)`` in [0, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, 1, H, W)`` with reflect padding (identity for sigma 0)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    pad_h = min(r, x.shape[-2] - 1)
+    pad_w = min(r, x.shape[-1] - 1)
+    if pad_w > 0:
+        kw = k[r - pad_w : r + pad_w + 1]
+        x = F.conv2d(F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"), (kw / kw.sum()).view(1, 1, 1, -1))
+    if pad_h > 0:
+        kh = k[r - pad_h : r + pad_h + 1]
+        x = F.conv2d(F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"), (kh / kh.sum()).view(1, 1, -1, 1))
+    return x

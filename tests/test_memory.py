@@ -1,0 +1,209 @@
+"""The feature-memory scorer: backbone, coreset, blur, FeatureMemory and the Detector's memory mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from patchloupe import Detector
+from patchloupe.cli import main
+from patchloupe.detector import DetectorConfig, ModelError
+from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset, to_batch
+from patchloupe.models.backbone import BackboneUnavailable, MobileNetV2Features, load_backbone
+from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.models.generator import build_generator
+
+SIZE = (64, 64)
+
+
+def _surface(seed: int, n: int = 64) -> np.ndarray:
+    """A stationary striped texture with noise: RGB uint8 (n, n, 3)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n)
+    base = 128 + 50 * np.sin(2 * np.pi * (x[None, :] + rng.integers(8)) / 8.0) + rng.normal(0, 6, (n, n))
+    return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _with_hole(img: np.ndarray) -> np.ndarray:
+    out = img.copy()
+    cv2.circle(out, (40, 24), 6, (10, 10, 10), -1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def memory_det() -> Detector:
+    torch.manual_seed(0)
+    train = [_surface(s) for s in range(12)]
+    return Detector.fit(
+        train, base=_tiny_base(), scorer="memory", image_size=SIZE, coreset_fraction=0.25, progress=False
+    )
+
+
+def _tiny_base() -> Detector:
+    gen = build_generator("tiny")
+    comp = PatternComparator(ComparatorConfig())
+    cfg = DetectorConfig(
+        image_size=(96, 96), grid=(3, 3), generator=gen.config.to_dict(), comparator=comp.config.to_dict()
+    )
+    return Detector(gen, comp, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- backbone
+def test_backbone_loads_imagenet_weights_and_taps_strides() -> None:
+    net = load_backbone(taps=(3, 6, 13))
+    assert net.channels == (24, 32, 96)
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    # the BatchNorm statistics are the trained ones, not the defaults
+    assert not torch.allclose(net.features[0][1].running_var, torch.ones(32))
+    outs = net(torch.rand(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 24, 16, 24), (2, 32, 8, 12), (2, 96, 4, 6)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_backbone_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="taps"):
+        MobileNetV2Features(taps=(18,))
+    with pytest.raises(BackboneUnavailable, match="not found"):
+        load_backbone(tmp_path / "missing.pth")
+    torch.save({"features.0.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises((BackboneUnavailable, RuntimeError)):
+        load_backbone(tmp_path / "bad.pth")
+
+
+# ----------------------------------------------------------------------------------------------- coreset
+def _coreset_reference(x: np.ndarray, n: int, first: int) -> list[int]:
+    picked = [first]
+    mind = np.full(len(x), np.inf)
+    for _ in range(1, n):
+        mind = np.minimum(mind, ((x - x[picked[-1]]) ** 2).sum(1))
+        picked.append(int(np.argmax(mind)))
+    return picked
+
+
+def test_greedy_coreset_matches_k_center_reference() -> None:
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+    idx = greedy_coreset(x, 20, seed=4, proj_dim=64)  # no projection: 5 <= 64
+    assert idx.tolist() == _coreset_reference(x.numpy().astype(np.float64), 20, int(idx[0]))
+    assert len(set(idx.tolist())) == 20
+    assert greedy_coreset(x, 300).tolist() == list(range(300))
+    with pytest.raises(ValueError):
+        greedy_coreset(x, 0)
+
+
+def test_greedy_coreset_covers_clusters() -> None:
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    x = torch.cat([c + torch.randn(100, 2, generator=torch.Generator().manual_seed(i)) for i, c in enumerate(centres)])
+    idx = greedy_coreset(x, 4)
+    assert sorted({int(i) // 100 for i in idx}) == [0, 1, 2, 3]
+
+
+# -------------------------------------------------------------------------------------------------- blur
+@pytest.mark.parametrize("sigma", [1.0, 2.5])
+def test_gaussian_blur_matches_opencv(sigma: float) -> None:
+    img = np.random.default_rng(0).random((37, 53)).astype(np.float32)
+    r = int(np.ceil(3 * sigma))
+    ref = cv2.GaussianBlur(img, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REFLECT_101)
+    out = _gaussian_blur(torch.from_numpy(img)[None, None], sigma)[0, 0].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert _gaussian_blur(torch.from_numpy(img)[None, None], 0.0)[0, 0].numpy() is not None
+
+
+# ------------------------------------------------------------------------------------------ FeatureMemory
+def test_memory_of_an_image_finds_it_at_distance_zero() -> None:
+    imgs = [_surface(s) for s in range(2)]
+    mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=1.0))
+    d_seen = mem.distances(to_batch(imgs[:1]))
+    d_new = mem.distances(to_batch([_with_hole(imgs[0])]))
+    assert d_seen.shape == (1, 8, 8)
+    assert float(d_seen.max()) < 1e-2
+    assert float(d_new.max()) > 1.0
+    amap = mem.anomaly_map(to_batch([_with_hole(imgs[0])]))
+    assert amap.shape == (1, *SIZE) and float(amap.min()) >= 0.0 and float(amap.max()) < 1.0
+    assert mem.flops(SIZE) > 0
+    with pytest.raises(ValueError, match="bank"):
+        FeatureMemory(MemoryConfig(), torch.zeros(4, 7))
+
+
+def test_memory_config_validation_and_roundtrip() -> None:
+    cfg = MemoryConfig(taps=(3, 6), coreset_fraction=0.5, scale=2.0)
+    assert MemoryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad in ({"coreset_fraction": 0.0}, {"blur_sigma": -1.0}, {"scale": float("nan")}):
+        with pytest.raises(ValueError):
+            MemoryConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------- Detector memory mode
+def test_memory_detector_flags_a_hole_and_is_consistent(memory_det: Detector) -> None:
+    det = memory_det
+    assert det.config.scorer == "memory" and det.config.grid == (8, 8)
+    assert det.config.training["memory_size"] > 0 and det.num_params() > 0 and det.flops() > 0
+    normal = det.inspect(_surface(100))
+    bad = det.inspect(_with_hole(_surface(100)))
+    assert bad.score > normal.score
+    assert bad.is_anomalous and not normal.is_anomalous
+    for r in (normal, bad):
+        assert r.is_anomalous == (r.score >= r.threshold)
+        np.testing.assert_array_equal(r.patch_map, r.patch_scores >= r.threshold)
+        assert r.score == pytest.approx(float(r.patch_scores.max()))
+        assert r.anomaly_map.shape == (64, 64) and r.anomaly_map.dtype == np.float32
+    assert bad.mask[24, 40] and not normal.mask.any()  # the outline covers the hole
+    y, x = np.unravel_index(np.argmax(bad.anomaly_map), bad.anomaly_map.shape)
+    assert abs(y - 24) <= 12 and abs(x - 40) <= 12  # and the map peaks near it
+
+
+def test_memory_detector_keeps_input_size_and_batches(memory_det: Detector) -> None:
+    img = cv2.resize(_with_hole(_surface(7)), (120, 80))
+    single = memory_det.inspect(img)
+    assert single.anomaly_map.shape == (80, 120) and single.mask.shape == (80, 120)
+    many = list(memory_det.inspect_many([img, "missing.png", img], batch_size=2))
+    assert [type(r).__name__ for r in many] == ["InspectionResult", "InspectionError", "InspectionResult"]
+    assert many[0].score == pytest.approx(single.score, rel=1e-5)
+
+
+def test_memory_detector_save_load(memory_det: Detector, tmp_path: Path) -> None:
+    folder = memory_det.save(tmp_path / "m", weights_dtype=torch.float16)
+    meta = json.loads((folder / "detector.json").read_text())
+    assert meta["format_version"] == 2 and meta["scorer"] == "memory" and "memory.safetensors" in meta["sha256"]
+    det = Detector.load(folder)
+    img = _with_hole(_surface(5))
+    assert det.inspect(img).score == pytest.approx(memory_det.inspect(img).score, abs=2e-3)
+    (folder / "memory.safetensors").unlink()
+    with pytest.raises(ModelError, match="memory.safetensors"):
+        Detector.load(folder)
+
+
+def test_memory_scorer_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scorer"):
+        DetectorConfig(scorer="knn")
+    base = _tiny_base()
+    with pytest.raises(ValueError, match="FeatureMemory"):
+        Detector(base.generator, base.comparator, DetectorConfig(scorer="memory"))
+    folder = base.save(tmp_path / "p")
+    meta = json.loads((folder / "detector.json").read_text())
+    assert meta["format_version"] == 1 and meta["scorer"] == "pattern"
+    meta["scorer"] = "knn"
+    (folder / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="scorer"):
+        Detector.load(folder)
+    with pytest.raises(ValueError, match="scorer"):
+        Detector.fit([_surface(s) for s in range(6)], base=base, scorer="knn")
+
+
+def test_cli_fit_memory_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = tmp_path / "good"
+    train.mkdir()
+    for s in range(8):
+        cv2.imwrite(str(train / f"{s}.png"), _surface(s))
+    base = _tiny_base().save(tmp_path / "base")
+    out = tmp_path / "model"
+    rc = main(["fit", str(train), "-o", str(out), "--base", str(base), "--scorer", "memory", "--image-size", "64x64"])
+    assert rc == 0 and "memory scorer" in capsys.readouterr().out
+    cv2.imwrite(str(tmp_path / "bad.png"), _with_hole(_surface(50)))
+    rc = main(["inspect", "--model", str(out), str(tmp_path / "bad.png"), "--out", str(tmp_path / "o"), "--json"])
+    assert rc == 0
+    (record,) = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert record["is_anomalous"] is True and (tmp_path / "o" / "bad.png").is_file()
