@@ -9,6 +9,7 @@ Sections (each can be run alone):
 
 Usage:
   python benchmarks/detection.py --sections families,shift,default,tile,cost --out runs/detection.json
+  python benchmarks/detection.py --scorer memory --sections tile,shift   # the feature-memory scorer
 Results are appended as JSON; paste the tables printed at the end into docs/benchmarks.md.
 """
 
@@ -53,6 +54,7 @@ def _fit(train_dir: Path, args: argparse.Namespace, **kw: Any) -> Any:
         comparator_steps=args.comparator_steps,
         progress=False,
         seed=args.seed,
+        scorer=args.scorer,
         **kw,
     )
     det.config.training["bench_fit_wall_s"] = round(time.perf_counter() - t0, 1)
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT / "runs" / "bench_data"))
     p.add_argument("--out", default=str(ROOT / "runs" / "detection.json"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scorer", choices=("pattern", "memory"), default="pattern", help="what Detector.fit builds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -251,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "date": date.today().isoformat(),
     }
-    for name in args.sections.split(","):
+    for section in args.sections.split(","):
+        name = section if args.scorer == "pattern" else f"{section}_{args.scorer}"
         t0 = time.perf_counter()
         record[name] = {
-            "rows": SECTIONS[name](args, data),
+            "rows": SECTIONS[section](args, data),
             "wall_s": round(time.perf_counter() - t0, 1),
             "args": vars(args),
         }

@@ -128,10 +128,20 @@ def test_memory_of_an_image_finds_it_at_distance_zero() -> None:
         FeatureMemory(MemoryConfig(), torch.zeros(4, 7))
 
 
+def test_random_sampling_keeps_the_requested_share() -> None:
+    imgs = [_surface(s) for s in range(3)]
+    mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5, sampling="random"))
+    full = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=1.0))
+    assert mem.bank.shape == (96, 128) and full.bank.shape == (192, 128)
+    # every kept vector is one of the image features
+    d = torch.cdist(mem.bank, full.bank, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    assert float(d.max()) < 1e-4
+
+
 def test_memory_config_validation_and_roundtrip() -> None:
     cfg = MemoryConfig(taps=(3, 6), coreset_fraction=0.5, scale=2.0)
     assert MemoryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    for bad in ({"coreset_fraction": 0.0}, {"blur_sigma": -1.0}, {"scale": float("nan")}):
+    for bad in ({"coreset_fraction": 0.0}, {"blur_sigma": -1.0}, {"scale": float("nan")}, {"sampling": "knn"}):
         with pytest.raises(ValueError):
             MemoryConfig(**bad)
 

@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ class MemoryConfig:
 
     taps: tuple[int, ...] = (6, 13)
     coreset_fraction: float = 0.1
+    sampling: str = "greedy"
     blur_sigma: float = 4.0
     scale: float = 1.0
 
@@ -44,6 +46,8 @@ class MemoryConfig:
         self.taps = tuple(int(t) for t in self.taps)
         if not 0.0 < float(self.coreset_fraction) <= 1.0:
             raise ValueError(f"coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
+        if self.sampling not in ("greedy", "random"):
+            raise ValueError(f"sampling must be 'greedy' or 'random', got {self.sampling!r}")
         if not float(self.blur_sigma) >= 0.0:
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
         if not (math.isfinite(float(self.scale)) and float(self.scale) > 0.0):
@@ -56,12 +60,19 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MemoryConfig:
-        return cls(**{k: d[k] for k in ("taps", "coreset_fraction", "blur_sigma", "scale") if k in d})
+        return cls(**{k: d[k] for k in ("taps", "coreset_fraction", "sampling", "blur_sigma", "scale") if k in d})
 
 
-def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 64, progress: bool = False) -> torch.Tensor:
+def greedy_coreset(
+    x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 64, chunk: int = 65536, progress: bool = False
+) -> torch.Tensor:
     """Indices ``(n,)`` of a greedy k-center subset of ``x`` ``(N, C)``: each pick is the point farthest
-    from those already picked (distances in a random ``proj_dim``-d projection, as PatchCore does)."""
+    from those already picked (distances in a random ``proj_dim``-d projection, as PatchCore does).
+
+    Exact greedy costs ``n * N * proj_dim``, which for 700 images (N = 716,800, n = 71,680) is a quarter
+    of an hour on 2 CPU cores. So ``x`` is cut into consecutive runs of at most ``chunk`` vectors and
+    each run gets its own greedy selection of its share of ``n``; with one run this is exact greedy.
+    """
     N = x.shape[0]
     if not 0 < n <= N:
         raise ValueError(f"coreset size must be in 1..{N}, got {n}")
@@ -72,20 +83,36 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 64, p
     if z.shape[1] > proj_dim:
         z = z @ (torch.randn(z.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim))
     z = z.contiguous()
-    picked = torch.empty(n, dtype=torch.long)
-    picked[0] = int(torch.randint(N, (1,), generator=g))
-    mind = torch.full((N,), float("inf"))
-    buf = torch.empty_like(z)
+    bounds = list(range(0, N, chunk)) + [N]
+    shares = [round(n * e / N) for e in bounds]  # cumulative picks at each boundary: sums to n exactly
     bar = _bar(n, progress, "coreset")
+    out = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny per-step ops: extra threads only spin (36 ms vs 1.4 ms a step on 2 busy cores)
+    try:
+        for (lo, hi), (k0, k1) in zip(zip(bounds, bounds[1:]), zip(shares, shares[1:])):
+            if k1 > k0:
+                out.append(lo + _greedy(z[lo:hi], k1 - k0, int(torch.randint(hi - lo, (1,), generator=g)), bar))
+    finally:
+        torch.set_num_threads(threads)
+        if bar is not None:
+            bar.close()
+    return torch.cat(out)
+
+
+def _greedy(z: torch.Tensor, n: int, first: int, bar: Any) -> torch.Tensor:
+    """Exact greedy k-center on ``z`` ``(N, D)`` starting from index ``first``; ``n`` indices."""
+    sq = z.square().sum(1)
+    picked = torch.empty(n, dtype=torch.long)
+    picked[0] = first
+    mind = torch.full((z.shape[0],), float("inf"))
     for i in range(1, n):
-        torch.sub(z, z[picked[i - 1]], out=buf)
-        d = buf.square_().sum(1)
+        c = z[picked[i - 1]]
+        d = torch.addmv(sq, z, c, alpha=-2.0).add_(float(c.square().sum()))  # |z - c|^2
         torch.minimum(mind, d, out=mind)
         picked[i] = int(torch.argmax(mind))
         if bar is not None and i % 1000 == 0:
             bar.update(1000)
-    if bar is not None:
-        bar.close()
     return picked
 
 
@@ -182,7 +209,8 @@ class FeatureMemory(nn.Module):
     ) -> FeatureMemory:
         """Memory from defect-free RGB uint8 images (any size; resized to ``image_size`` = (H, W)).
 
-        The bank is a greedy coreset of ``coreset_fraction`` of all feature vectors; ``config.scale``
+        The bank keeps ``coreset_fraction`` of all feature vectors, chosen by ``config.sampling``
+        (greedy k-center coreset, or uniformly at random); ``config.scale``
         is left as given (``fit`` sets it from held-out images with ``set_scale``).
         """
         config = config or MemoryConfig()
@@ -195,7 +223,10 @@ class FeatureMemory(nn.Module):
         allf = torch.cat(feats)
         n = max(1, round(config.coreset_fraction * allf.shape[0]))
         log.info("feature memory: %d vectors from %d images, keeping a coreset of %d", allf.shape[0], len(images), n)
-        idx = greedy_coreset(allf, n, seed=seed, progress=progress)
+        if config.sampling == "greedy":
+            idx = greedy_coreset(allf, n, seed=seed, progress=progress)
+        else:
+            idx = torch.randperm(allf.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         mem.bank = allf[idx].clone()
         return mem
 
