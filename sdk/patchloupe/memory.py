@@ -9,9 +9,12 @@ on real surfaces whose appearance is not predictable from the neighbours (the ma
 
 Pipeline for a batch of RGB images resized to the detector's ``image_size``:
 ``(B, 3, H, W)`` -> frozen MobileNetV2 features at stride 8 and 16, each averaged over its 3x3
-neighbourhood (zero padding counted, as PatchCore does: it measured 0.911 vs 0.718 image AUROC on magnetic tile against not counting it), the stride-16 map upsampled to stride 8 and concatenated -> ``(B, C, H/8, W/8)``
+neighbourhood, the stride-16 map upsampled to stride 8 and concatenated -> ``(B, C, H/8, W/8)``
 -> Euclidean distance of every position to its nearest memory vector -> upsampled to ``(H, W)`` and
 Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale`` fixed at fit time.
+
+The 3x3 average counts the zero padding (as PatchCore does), which damps the border features: on
+magnetic tile, image AUROC was 0.911 with it and 0.718 without (random 10 % memory, 2026-11-29).
 """
 
 from __future__ import annotations
