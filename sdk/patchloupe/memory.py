@@ -8,7 +8,8 @@ on real surfaces whose appearance is not predictable from the neighbours (the ma
 ``docs/benchmarks.md``) it fails, and a memory of what normal local features look like does not.
 
 Pipeline for a batch of RGB images resized to the detector's ``image_size``:
-``(B, 3, H, W)`` -> frozen MobileNetV2 features at stride 8 and 16, each averaged over its 3x3
+``(B, 3, H, W)`` -> frozen ImageNet features (EfficientNet-Lite0 by default, or MobileNetV2; see
+``patchloupe.models.backbone``) at stride 8 and 16, each averaged over its 3x3
 neighbourhood, the stride-16 map upsampled to stride 8 and concatenated -> ``(B, C, H/8, W/8)``
 -> Euclidean distance of every position to its nearest memory vector -> upsampled to ``(H, W)`` and
 Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale`` fixed at fit time.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchloupe.models.backbone import MobileNetV2Features, load_backbone
+from patchloupe.models.backbone import TRUNKS, build_trunk, load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,17 @@ log = logging.getLogger(__name__)
 class MemoryConfig:
     """Settings of a feature memory (saved in ``detector.json`` under ``memory``)."""
 
-    taps: tuple[int, ...] = (6, 13)
+    backbone: str = "efficientnet_lite0"
+    taps: tuple[int, ...] = ()  # empty: the backbone's stride-8 and stride-16 blocks (``TRUNKS``)
     coreset_fraction: float = 0.1
     sampling: str = "greedy"
     blur_sigma: float = 4.0
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        self.taps = tuple(int(t) for t in self.taps)
+        if self.backbone not in TRUNKS:
+            raise ValueError(f"backbone must be one of {sorted(TRUNKS)}, got {self.backbone!r}")
+        self.taps = tuple(int(t) for t in self.taps) or TRUNKS[self.backbone][1]
         if not 0.0 < float(self.coreset_fraction) <= 1.0:
             raise ValueError(f"coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
         if self.sampling not in ("greedy", "random"):
@@ -63,7 +67,9 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MemoryConfig:
-        return cls(**{k: d[k] for k in ("taps", "coreset_fraction", "sampling", "blur_sigma", "scale") if k in d})
+        return cls(
+            **{k: d[k] for k in ("backbone", "taps", "coreset_fraction", "sampling", "blur_sigma", "scale") if k in d}
+        )
 
 
 def greedy_coreset(
@@ -128,12 +134,12 @@ def _bar(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or None
 
 
 class FeatureMemory(nn.Module):
-    """Frozen MobileNetV2 trunk + a memory ``bank`` ``(M, C)`` of defect-free feature vectors."""
+    """Frozen ImageNet trunk (``config.backbone``) + a memory ``bank`` ``(M, C)`` of defect-free feature vectors."""
 
-    def __init__(self, config: MemoryConfig, bank: torch.Tensor, trunk: MobileNetV2Features | None = None) -> None:
+    def __init__(self, config: MemoryConfig, bank: torch.Tensor, trunk: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        self.trunk = trunk if trunk is not None else MobileNetV2Features(config.taps)
+        self.trunk = trunk if trunk is not None else build_trunk(config.backbone, config.taps)
         self.trunk.eval().requires_grad_(False)
         if bank.ndim != 2 or bank.shape[1] != sum(self.trunk.channels):
             raise ValueError(f"bank must be (M, {sum(self.trunk.channels)}), got {tuple(bank.shape)}")
@@ -217,7 +223,7 @@ class FeatureMemory(nn.Module):
         is left as given (``fit`` sets it from held-out images with ``set_scale``).
         """
         config = config or MemoryConfig()
-        trunk = load_backbone(weights, config.taps)
+        trunk = load_backbone(weights, config.taps, config.backbone)
         mem = cls(config, torch.zeros(0, sum(trunk.channels)), trunk)
         feats = []
         for x in _batches(images, image_size, batch_size):

