@@ -44,7 +44,7 @@ class MemoryConfig:
     taps: tuple[int, ...] = ()  # empty: the backbone's stride-8 and stride-16 blocks (``TRUNKS``)
     coreset_fraction: float = 0.1
     sampling: str = "greedy"
-    blur_sigma: float = 4.0
+    blur_sigma: float = 8.0
     scale: float = 1.0
 
     def __post_init__(self) -> None:
