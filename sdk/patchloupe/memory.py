@@ -122,6 +122,8 @@ def _greedy(z: torch.Tensor, n: int, first: int, bar: Any) -> torch.Tensor:
         picked[i] = int(torch.argmax(mind))
         if bar is not None and i % 1000 == 0:
             bar.update(1000)
+    if bar is not None:
+        bar.update(n - 1000 * ((n - 1) // 1000))
     return picked
 
 
@@ -130,7 +132,7 @@ def _bar(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or None
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pt")
+    return tqdm(total=total, desc=desc, unit="img" if desc == "features" else "pt")
 
 
 class FeatureMemory(nn.Module):
@@ -226,9 +228,14 @@ class FeatureMemory(nn.Module):
         trunk = load_backbone(weights, config.taps, config.backbone)
         mem = cls(config, torch.zeros(0, sum(trunk.channels)), trunk)
         feats = []
+        bar = _bar(len(images), progress, "features")
         for x in _batches(images, image_size, batch_size):
             f = mem.features(x)
+            if bar is not None:
+                bar.update(x.shape[0])
             feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        if bar is not None:
+            bar.close()
         allf = torch.cat(feats)
         n = max(1, round(config.coreset_fraction * allf.shape[0]))
         log.info("feature memory: %d vectors from %d images, keeping a coreset of %d", allf.shape[0], len(images), n)
