@@ -6,6 +6,7 @@ Sections (each can be run alone):
   default    the built-in default model with no fitting, on generated styles and magnetic tile
   tile       ../shared/data/magnetic_tile (skipped cleanly when absent): fit on train/good, evaluate
   cost       fit wall time on N images and inspect latency (median, batch 1, 2 threads) per preset
+  choice     which scorer Detector.fit(scorer="auto") picks per family and for magnetic tile (no fitting)
 
 Usage:
   python benchmarks/detection.py --sections families,shift,default,tile,cost --out runs/detection.json
@@ -171,6 +172,28 @@ def section_tile(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     ]
 
 
+def section_choice(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
+    """What ``scorer="auto"`` picks for each generated family (style 0) and magnetic tile, without fitting."""
+    from patchloupe import Detector
+    from patchloupe.data.synth import FAMILIES, generate_dataset
+    from patchloupe.fit import choose_scorer, collect_images, split_holdout
+
+    fams = args.families.split(",") if args.families else list(FAMILIES)
+    generate_dataset(data, families=fams, n_train=args.n_train, n_test_good=args.n_test_good,
+                     n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed, style=0)  # fmt: skip
+    base = Detector.load()
+    folders = [(fam, _cat(data, fam, 0) / "train" / "good") for fam in fams]
+    if TILE.is_dir():
+        folders.append(("magnetic_tile", TILE / "train" / "good"))
+    rows = []
+    for name, folder in folders:
+        _, hold = split_holdout(collect_images(folder), 0.2, args.seed)
+        scorer, ratios, _ = choose_scorer(base.generator, hold, base.config.image_size)
+        rows.append({"data": name, "scorer": scorer, "prediction_error_ratio": ratios})
+        log.info("choice %s", rows[-1])
+    return rows
+
+
 def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     from patchloupe import Detector
     from patchloupe.data.synth import generate_dataset
@@ -220,6 +243,7 @@ SECTIONS = {
     "default": section_default,
     "tile": section_tile,
     "cost": section_cost,
+    "choice": section_choice,
 }
 
 
@@ -240,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT / "runs" / "bench_data"))
     p.add_argument("--out", default=str(ROOT / "runs" / "detection.json"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--scorer", choices=("pattern", "memory"), default="pattern", help="what Detector.fit builds")
+    p.add_argument(
+        "--scorer", choices=("pattern", "memory", "auto"), default="pattern", help="Detector.fit's scorer argument"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -116,6 +116,7 @@ def test_fit_tiny_chooses_grid_and_calibrates(model_dir: Path, textures: Path) -
     det = Detector.fit(
         textures / "train" / "good",
         base=model_dir,
+        scorer="pattern",
         grid="auto",
         grid_candidates=((3, 3), (4, 4)),
         generator_steps=2,
@@ -180,6 +181,8 @@ def test_cli_fit_and_evaluate(
             str(out),
             "--base",
             str(model_dir),
+            "--scorer",
+            "pattern",
             "--grid",
             "3x3",
             "--generator-steps",
@@ -212,7 +215,13 @@ def test_console_script_installed() -> None:
 def test_fit_with_zero_steps_keeps_the_base_networks(model_dir: Path, textures: Path) -> None:
     base = Detector.load(model_dir)
     det = Detector.fit(
-        textures / "train" / "good", base=base, grid=(3, 3), generator_steps=0, comparator_steps=0, progress=False
+        textures / "train" / "good",
+        base=base,
+        scorer="pattern",
+        grid=(3, 3),
+        generator_steps=0,
+        comparator_steps=0,
+        progress=False,
     )
     for a, b in ((det.generator, base.generator), (det.comparator, base.comparator)):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -232,3 +241,40 @@ def test_prediction_error_ratio_is_one_for_the_copy_predictor() -> None:
     imgs = [_img(i, (96, 96, 3)) for i in range(2)]
     assert prediction_error_ratio(Copy(), imgs, (96, 96), (3, 3)) == pytest.approx(1.0)
     assert prediction_error_ratio(build_generator("tiny"), imgs, (96, 96), (3, 3)) > 0
+
+
+@pytest.mark.parametrize(
+    ("ratio", "available", "want"), [(0.3, True, "pattern"), (1.0, True, "memory"), (1.0, False, "pattern")]
+)
+def test_auto_scorer_follows_the_prediction_error_ratio(
+    model_dir: Path, textures: Path, monkeypatch: pytest.MonkeyPatch, ratio: float, available: bool, want: str
+) -> None:
+    import patchloupe.fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "prediction_error_ratio", lambda *a, **k: ratio)
+    monkeypatch.setattr(fit_mod, "_memory_available", lambda: available)
+    det = Detector.fit(
+        textures / "train" / "good",
+        base=model_dir,
+        grid_candidates=((3, 3),),
+        generator_steps=1,
+        comparator_steps=1,
+        batch_size=2,
+        progress=False,
+    )
+    choice = det.config.training["scorer_choice"]
+    assert det.config.scorer == want and choice["scorer"] == want and choice["requested"] == "auto"
+    assert choice["ratio"] == ratio
+
+
+def test_choose_scorer_explicit_and_small_fixed_grid(model_dir: Path) -> None:
+    from patchloupe.fit import choose_scorer
+
+    gen = Detector.load(model_dir).generator
+    imgs = [_img(i) for i in range(2)]
+    assert choose_scorer(gen, imgs, (96, 96), (3, 3), scorer="memory")[:2] == ("memory", {})
+    # 8x8 on 96 px gives 12 px patches, too small to measure: auto keeps the pattern scorer
+    scorer, ratios, choice = choose_scorer(gen, imgs, (96, 96), (8, 8), scorer="auto")
+    assert scorer == "pattern" and ratios == {} and "too small" in choice["rule"]
+    with pytest.raises(ValueError, match="no grid candidate"):
+        choose_scorer(gen, imgs, (96, 96), "auto", grid_candidates=((8, 8),), scorer="pattern")

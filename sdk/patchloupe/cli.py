@@ -242,10 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", help="model folder to start from (default: the built-in model)")
     s.add_argument(
         "--scorer",
-        choices=("pattern", "memory"),
-        default="pattern",
+        choices=("auto", "pattern", "memory"),
+        default="auto",
         help="pattern: the paper's generator + comparator (regular textures, robust to texture change); "
-        "memory: nearest-neighbour ImageNet features (irregular real surfaces); see README",
+        "memory: nearest-neighbour ImageNet features (irregular real surfaces); auto: memory when the "
+        "images are not predictable from their neighbours (see README)",
     )
     s.add_argument("--coreset-fraction", type=float, default=0.1, help="memory scorer: share of features kept")
     s.add_argument("--grid", type=_grid, default="auto", help="'auto' or ROWSxCOLS")
