@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 idx = torch.randperm(allf.shape[0], generator=torch.Generator().manual_seed(0))[:n]
             mem.bank = allf[idx].clone()
             t_bank = time.perf_counter() - t0
-            d = torch.cat([_nn(mem.bank, fte[i : i + 8]) for i in range(0, len(fte), 8)])  # (N, h, w)
+            d = torch.cat([mem.nearest(fte[i : i + 8]) for i in range(0, len(fte), 8)])  # (N, h, w)
             up = F.interpolate(d[:, None], size=size, mode="bilinear")
             for sigma in (float(v) for v in args.sigmas.split(",")):
                 bl = _gaussian_blur(up, sigma)[:, 0].numpy()
@@ -100,14 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"image_size": size, "rows": rows}, indent=2))
     return 0
-
-
-def _nn(bank: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Nearest-bank-vector distance of features ``(B, C, h, w)`` -> ``(B, h, w)``."""
-    b, c, h, w = f.shape
-    q = f.permute(0, 2, 3, 1).reshape(-1, c)
-    d2 = torch.addmm(bank.square().sum(1)[None], q, bank.T, alpha=-2.0).add_(q.square().sum(1, keepdim=True))
-    return d2.min(1).values.clamp_min_(0.0).sqrt_().reshape(b, h, w)
 
 
 if __name__ == "__main__":

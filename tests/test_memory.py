@@ -154,6 +154,7 @@ def test_memory_of_an_image_finds_it_at_distance_zero() -> None:
     d_seen = mem.distances(to_batch(imgs[:1]))
     d_new = mem.distances(to_batch([_with_hole(imgs[0])]))
     assert d_seen.shape == (1, 8, 8)
+    torch.testing.assert_close(mem.nearest(mem.features(to_batch(imgs[:1]))), d_seen)
     assert float(d_seen.max()) < 0.15  # exact 0 up to the rounding of |q|^2 + |b|^2 - 2 q.b
     assert float(d_new.max()) > 1.0
     assert mem.set_scale([_surface(9)], SIZE) == mem.config.scale > 0

@@ -160,7 +160,11 @@ class FeatureMemory(nn.Module):
     @torch.inference_mode()
     def distances(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """RGB float ``(B, 3, H, W)`` -> nearest-memory Euclidean distance ``(B, H/8, W/8)``."""
-        f = self.features(x)
+        return self.nearest(self.features(x), chunk)
+
+    @torch.inference_mode()
+    def nearest(self, f: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Features ``(B, C, h, w)`` -> Euclidean distance of each position to its nearest bank vector ``(B, h, w)``."""
         b, c, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, c)
         bank = self.bank.to(q.dtype)
