@@ -542,7 +542,7 @@ class Detector:
     def fit(cls, images: str | os.PathLike[str] | Sequence[ImageLike], **kwargs: Any) -> Detector:
         """Train a detector on defect-free images (a folder, or a list of paths/arrays).
 
-        See ``patchloupe.fit.fit_detector`` for the options (grid, steps, hold-out share, false-alarm rate).
+        See ``patchloupe.fit.fit_detector`` for the options (scorer, grid, steps, hold-out share, false-alarm rate).
 
         Example:
             >>> det = Detector.fit("data/train/good")   # doctest: +SKIP
