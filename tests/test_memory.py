@@ -167,6 +167,16 @@ def test_memory_of_an_image_finds_it_at_distance_zero() -> None:
     assert mob.bank.shape == (128, 32 + 96)
 
 
+def test_extend_adds_the_new_images_share_and_only_lowers_distances() -> None:
+    mem = FeatureMemory.build([_surface(0)], SIZE, MemoryConfig(coreset_fraction=1.0))
+    new = _with_hole(_surface(1))
+    before = mem.distances(to_batch([new]))
+    assert mem.extend([new], SIZE) is mem and mem.bank.shape[0] == 128
+    after = mem.distances(to_batch([new]))
+    assert float(after.max()) < 0.15 < float(before.max())
+    assert bool((after <= before + 1e-4).all())
+
+
 def test_random_sampling_keeps_the_requested_share() -> None:
     imgs = [_surface(s) for s in range(3)]
     mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5, sampling="random"))
@@ -197,7 +207,8 @@ def test_memory_config_validation_and_roundtrip() -> None:
 def test_memory_detector_flags_a_hole_and_is_consistent(memory_det: Detector) -> None:
     det = memory_det
     assert det.config.scorer == "memory" and det.config.grid == (8, 8)
-    assert det.config.training["memory_size"] > 0 and det.num_params() > 0 and det.flops() > 0
+    t = det.config.training
+    assert t["memory_size"] > t["memory_size_at_calibration"] > 0 and det.num_params() > 0 and det.flops() > 0
     normal = det.inspect(_surface(100))
     bad = det.inspect(_with_hole(_surface(100)))
     assert bad.score > normal.score

@@ -284,11 +284,16 @@ def _fit_memory(
     )
     det = Detector(generator.eval(), comparator.eval(), config, device=device, memory=memory)
     det.calibrate(hold, false_alarm_rate)
+    # The held-out images join the memory only after calibration: more memory can only lower the
+    # distances, so the calibrated false-alarm rate stays an upper bound.
+    n_before = int(memory.bank.shape[0])
+    memory.extend(hold, size, seed=seed + 1, progress=progress)
     config.training = {
         "n_images": n_images,
         "n_train": len(train),
         "n_holdout": len(hold),
         "scorer_choice": choice,
+        "memory_size_at_calibration": n_before,
         "memory_size": int(memory.bank.shape[0]),
         "wall_s": round(time.perf_counter() - t_start, 2),
         "seed": seed,

@@ -231,24 +231,36 @@ class FeatureMemory(nn.Module):
         config = config or MemoryConfig()
         trunk = load_backbone(weights, config.taps, config.backbone)
         mem = cls(config, torch.zeros(0, sum(trunk.channels)), trunk)
+        return mem.extend(images, image_size, batch_size, seed, progress)
+
+    def extend(
+        self,
+        images: Sequence[np.ndarray],
+        image_size: tuple[int, int] | None,
+        batch_size: int = 16,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> FeatureMemory:
+        """Add ``coreset_fraction`` of the feature vectors of more defect-free images to the bank
+        (chosen among those images' vectors by ``config.sampling``); returns ``self``."""
         feats = []
         bar = _bar(len(images), progress, "features")
         for x in _batches(images, image_size, batch_size):
-            f = mem.features(x)
+            f = self.features(x).to(self.bank.device)
             if bar is not None:
                 bar.update(x.shape[0])
             feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         if bar is not None:
             bar.close()
         allf = torch.cat(feats)
-        n = max(1, round(config.coreset_fraction * allf.shape[0]))
-        log.info("feature memory: %d vectors from %d images, keeping a coreset of %d", allf.shape[0], len(images), n)
-        if config.sampling == "greedy":
-            idx = greedy_coreset(allf, n, seed=seed, progress=progress)
+        n = max(1, round(self.config.coreset_fraction * allf.shape[0]))
+        log.info("feature memory: %d vectors from %d images, keeping %d", allf.shape[0], len(images), n)
+        if self.config.sampling == "greedy":
+            idx = greedy_coreset(allf.cpu(), n, seed=seed, progress=progress)
         else:
             idx = torch.randperm(allf.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-        mem.bank = allf[idx].clone()
-        return mem
+        self.bank = torch.cat([self.bank, allf[idx.to(allf.device)].float()]).contiguous()
+        return self
 
     def set_scale(
         self, images: Sequence[np.ndarray], image_size: tuple[int, int] | None, batch_size: int = 16
