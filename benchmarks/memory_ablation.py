@@ -16,10 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from patchloupe.memory import FeatureMemory
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
@@ -28,10 +32,10 @@ TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
 def main(argv: list[str] | None = None) -> int:
     import cv2
     from patchloupe.data.mvtec import MVTecCategory
-    from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset, to_batch
+    from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
     from patchloupe.metrics import aupro, image_auroc, pixel_auroc
     from patchloupe.models.backbone import load_backbone
-    from patchloupe.preprocess import load_rgb, resize_for_model
+    from patchloupe.preprocess import load_rgb
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(TILE))
@@ -61,14 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         trunk = load_backbone(None, cfg.taps, backbone)
         mem = FeatureMemory(cfg, torch.zeros(0, sum(trunk.channels)), trunk)
 
-        def feats(images: list[np.ndarray], mem: FeatureMemory = mem) -> torch.Tensor:
-            batches = [images[i : i + 16] for i in range(0, len(images), 16)]
-            return torch.cat([mem.features(to_batch([resize_for_model(im, size) for im in b])) for b in batches])
-
         t0 = time.perf_counter()
-        ftr = feats(train)
+        ftr = _features(mem, train, size)
         allf = ftr.permute(0, 2, 3, 1).reshape(-1, ftr.shape[1])
-        fte = feats(test_images)
+        fte = _features(mem, test_images, size)
         n = round(args.fraction * allf.shape[0])
         print(f"{backbone}: {allf.shape[0]} training vectors, {time.perf_counter() - t0:.0f} s", flush=True)
         for sampling in args.sampling.split(","):
@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"image_size": size, "rows": rows}, indent=2))
     return 0
+
+
+def _features(mem: FeatureMemory, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """Locally aggregated features ``(N, C, h, w)`` of RGB uint8 images resized to ``size``."""
+    from patchloupe.memory import to_batch
+    from patchloupe.preprocess import resize_for_model
+
+    batches = [images[i : i + 16] for i in range(0, len(images), 16)]
+    return torch.cat([mem.features(to_batch([resize_for_model(im, size) for im in b])) for b in batches])
 
 
 if __name__ == "__main__":

@@ -148,6 +148,12 @@ def test_calibrate_sets_threshold_above_normal_scores() -> None:
     assert det.config.calibration["n_images"] == 6
     with pytest.raises(ValueError):
         det.calibrate(normals, false_alarm_rate=1.5)
+    scores = [det.inspect(im).score for im in normals]
+    record = dict(det.config.calibration)
+    assert det.calibrate_from_scores(scores, false_alarm_rate=0.05) == thr
+    assert det.config.calibration == record
+    with pytest.raises(ValueError, match="at least one"):
+        det.calibrate_from_scores([])
 
 
 def test_config_validation() -> None:

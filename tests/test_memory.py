@@ -223,6 +223,13 @@ def test_memory_detector_flags_a_hole_and_is_consistent(memory_det: Detector) ->
     assert abs(y - 24) <= 12 and abs(x - 40) <= 12  # and the map peaks near it
 
 
+def test_peak_distances_give_the_inspect_scores(memory_det: Detector) -> None:
+    imgs = [_surface(200 + i) for i in range(2)] + [_with_hole(_surface(202))]
+    peaks = memory_det.memory.peak_distances(imgs, SIZE)
+    got = (-torch.expm1(-peaks / memory_det.memory.config.scale)).tolist()
+    assert got == pytest.approx([memory_det.inspect(im).score for im in imgs], abs=1e-5)
+
+
 def test_memory_detector_keeps_input_size_and_batches(memory_det: Detector) -> None:
     img = cv2.resize(_with_hole(_surface(7)), (120, 80))
     single = memory_det.inspect(img)

@@ -576,14 +576,21 @@ class Detector:
         images) and (b) the ``1 - far`` quantile of a normal distribution fitted to the scores' logits;
         it is then raised by 1 % of the remaining headroom so the calibration images themselves pass.
         """
+        scores = [r.score for r in self.inspect_many(images, batch_size=batch_size, keep_image=False, on_error="raise")]
+        return self.calibrate_from_scores(scores, false_alarm_rate)
+
+    def calibrate_from_scores(self, scores: Sequence[float], false_alarm_rate: float | None = None) -> float:
+        """``calibrate`` for image scores already computed on defect-free images (same rule, same record).
+
+        Example:
+            >>> det.calibrate_from_scores([0.31, 0.42, 0.38], false_alarm_rate=0.01)   # doctest: +SKIP
+        """
         from statistics import NormalDist
 
         far = self.config.false_alarm_rate if false_alarm_rate is None else float(false_alarm_rate)
         if not 0.0 < far < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {far}")
-        scores = np.array(
-            [r.score for r in self.inspect_many(images, batch_size=batch_size, keep_image=False, on_error="raise")]
-        )
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) == 0:
             raise ValueError("calibration needs at least one defect-free image")
         empirical = float(np.quantile(scores, 1.0 - far, method="higher"))

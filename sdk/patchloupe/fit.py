@@ -271,7 +271,8 @@ def _fit_memory(
     chosen = (int(grid[0]), int(grid[1]))
     mcfg = MemoryConfig(coreset_fraction=coreset_fraction)
     memory = FeatureMemory.build(train, size, mcfg, seed=seed, progress=progress)
-    memory.set_scale(hold, size)
+    peaks = memory.peak_distances(hold, size)  # one pass over the held-out images serves scale and threshold
+    scale = memory.scale_from_peaks(peaks)
     config = DetectorConfig(
         image_size=size,
         grid=chosen,
@@ -283,7 +284,8 @@ def _fit_memory(
         memory=memory.config.to_dict(),
     )
     det = Detector(generator.eval(), comparator.eval(), config, device=device, memory=memory)
-    det.calibrate(hold, false_alarm_rate)
+    # the held-out images' scores, as inspect computes them (image score = max of 1 - exp(-d / scale))
+    det.calibrate_from_scores((-torch.expm1(-peaks / scale)).tolist(), false_alarm_rate)
     # The held-out images join the memory only after calibration: more memory can only lower the
     # distances, so the calibrated false-alarm rate stays an upper bound.
     n_before = int(memory.bank.shape[0])

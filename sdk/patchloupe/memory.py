@@ -266,10 +266,18 @@ class FeatureMemory(nn.Module):
         self, images: Sequence[np.ndarray], image_size: tuple[int, int] | None, batch_size: int = 16
     ) -> float:
         """Set ``scale`` to the mean per-image maximum raw distance over defect-free ``images``."""
-        peaks = []
-        for x in _batches(images, image_size, batch_size):
-            peaks.append(self.raw_map(x).amax(dim=(1, 2)))
-        scale = float(torch.cat(peaks).mean())
+        return self.scale_from_peaks(self.peak_distances(images, image_size, batch_size))
+
+    def peak_distances(
+        self, images: Sequence[np.ndarray], image_size: tuple[int, int] | None, batch_size: int = 16
+    ) -> torch.Tensor:
+        """Per-image maximum of the raw (blurred, unnormalised) distance map -> ``(N,)``."""
+        return torch.cat([self.raw_map(x).amax(dim=(1, 2)) for x in _batches(images, image_size, batch_size)])
+
+    def scale_from_peaks(self, peaks: torch.Tensor) -> float:
+        """Set ``scale`` to the mean of ``peak_distances`` of defect-free images; the image scores those
+        images get are then ``1 - exp(-peaks / scale)``."""
+        scale = float(peaks.mean())
         self.config.scale = scale if math.isfinite(scale) and scale > 0.0 else 1.0
         return self.config.scale
 
