@@ -295,7 +295,7 @@ class Detector:
         try:
             meta = self.config.to_dict()
             meta["sha256"] = {}
-            modules = [(n, m) for n, m in zip(_WEIGHT_FILES, (self.generator, self.comparator))]
+            modules = list(zip(_WEIGHT_FILES, (self.generator, self.comparator)))
             if self.config.scorer == "memory":
                 modules.append((_MEMORY_FILE, self.memory))
             for name, module in modules:

@@ -264,11 +264,7 @@ def _fit_memory(
     """The ``scorer="memory"`` branch of ``fit_detector``: build the memory, set its scale, calibrate."""
     from patchloupe.memory import FeatureMemory, MemoryConfig
 
-    if isinstance(grid, str):
-        if grid != "auto":
-            raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
-        grid = (8, 8)
-    chosen = (int(grid[0]), int(grid[1]))
+    chosen = (8, 8) if isinstance(grid, str) else (int(grid[0]), int(grid[1]))  # "auto" is the only string left
     mcfg = MemoryConfig(coreset_fraction=coreset_fraction)
     memory = FeatureMemory.build(train, size, mcfg, seed=seed, progress=progress)
     peaks = memory.peak_distances(hold, size)  # one pass over the held-out images serves scale and threshold

