@@ -22,7 +22,9 @@ def evaluate_detector(
     """Inspect every test image of ``dataset`` and score the results against the ground truth.
 
     Returns a JSON-safe dict: ``image_auroc``, ``pixel_auroc``, ``aupro``, ``f1_max``, ``f1_threshold``,
-    the confusion counts at the detector's threshold, per-kind counts, errors and median latency.
+    the confusion counts at the detector's threshold, per-kind counts, ``per_kind_image_auroc`` (each
+    defect kind's images against all good images: which kinds the detector misses), errors and median
+    latency.
     """
     from patchloupe.data import MVTecCategory
     from patchloupe.metrics import aupro, f1_max, image_auroc, pixel_auroc
@@ -34,7 +36,7 @@ def evaluate_detector(
         from tqdm import tqdm
 
         results = tqdm(results, total=len(items), desc="evaluate", unit="img")
-    labels, scores, maps, masks, latency, errors = [], [], [], [], [], []
+    labels, scores, maps, masks, latency, errors, defects = [], [], [], [], [], [], []
     kinds: Counter[str] = Counter()
     t0 = time.perf_counter()
     for item, res in zip(items, results):
@@ -50,6 +52,7 @@ def evaluate_detector(
         maps.append(res.anomaly_map)
         masks.append(gt)
         kinds[item.defect] += 1
+        defects.append(item.defect)
         latency.append(sum(res.timings_ms.values()))
     wall = time.perf_counter() - t0
     labels_a = np.asarray(labels, dtype=np.int64)
@@ -77,10 +80,23 @@ def evaluate_detector(
             "aupro": float(aupro(masks, maps, max_fpr=max_fpr)),
             "f1_max": float(f1),
             "f1_threshold": float(f1_thr),
+            "per_kind_image_auroc": _per_kind_auroc(labels_a, scores_a, defects),
             "tp": int((pred & (labels_a == 1)).sum()),
             "fp": int((pred & (labels_a == 0)).sum()),
             "tn": int((~pred & (labels_a == 0)).sum()),
             "fn": int((~pred & (labels_a == 1)).sum()),
         }
     )
+    return out
+
+
+def _per_kind_auroc(labels: np.ndarray, scores: np.ndarray, defects: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect kind's images (``labels == 1``) against all good images."""
+    from patchloupe.metrics import image_auroc
+
+    good = labels == 0
+    out = {}
+    for kind in sorted({d for d, y in zip(defects, labels) if y == 1}):
+        sel = good | np.array([d == kind for d in defects])
+        out[kind] = float(image_auroc(labels[sel], scores[sel]))
     return out
