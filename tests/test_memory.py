@@ -12,7 +12,7 @@ import torch
 from patchloupe import Detector
 from patchloupe.cli import main
 from patchloupe.detector import DetectorConfig, ModelError
-from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset, to_batch
+from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, _pca, greedy_coreset, to_batch
 from patchloupe.models.backbone import (
     BackboneUnavailable,
     MobileNetV2Features,
@@ -181,11 +181,60 @@ def test_random_sampling_keeps_the_requested_share() -> None:
     imgs = [_surface(s) for s in range(3)]
     mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5, sampling="random"))
     full = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=1.0))
-    c = sum(mem.trunk.channels)
-    assert mem.bank.shape == (96, c) and full.bank.shape == (192, c)
+    c = mem.channels
+    assert c == 40 + 112 and mem.bank.shape == (96, c) and full.bank.shape == (192, c)
     # every kept vector is one of the image features
     d = torch.cdist(mem.bank, full.bank, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
     assert float(d.max()) < 1e-4
+
+
+def test_context_memory_sets_the_peak_and_keeps_the_fine_shape() -> None:
+    imgs = [_surface(s) for s in range(3)]
+    mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5))
+    assert mem.has_context and mem.config.context_taps == (4, 10, 13)
+    k = 128  # 40 + 112 + 192 = 344 context channels, projected to context_dim
+    assert mem.context_bank.shape == (96, k) and mem.context_proj.shape == (344, k)
+    torch.testing.assert_close(mem.context_proj.T @ mem.context_proj, torch.eye(k), atol=1e-4, rtol=0)
+    x = to_batch([_with_hole(_surface(20)), _surface(21)])
+    raw = mem.raw_map(x)
+    f, ctx = mem._tap_features(x)
+    fine = mem._blurred(mem.nearest(f), SIZE)
+    peak = mem._blurred(mem.nearest(mem._project(ctx), bank=mem.context_bank), SIZE).amax(dim=(1, 2))
+    torch.testing.assert_close(raw.amax(dim=(1, 2)), peak)  # height from the context memory
+    torch.testing.assert_close(raw / raw.amax(dim=(1, 2), keepdim=True), fine / fine.amax(dim=(1, 2), keepdim=True))
+    # extending keeps the projection and grows both banks
+    proj = mem.context_proj.clone()
+    mem.extend([_surface(30)], SIZE)
+    assert mem.context_bank.shape[0] == 96 + 32 and torch.equal(mem.context_proj, proj)
+    # a state round trip rebuilds the same memory; a memory without a projection refuses to score
+    again = FeatureMemory.from_state(mem.config, mem.state_dict())
+    torch.testing.assert_close(again.raw_map(x), mem.raw_map(x))
+    with pytest.raises(RuntimeError, match="projection"):
+        FeatureMemory(MemoryConfig(), torch.zeros(1, 152)).raw_map(x)
+    with pytest.raises(RuntimeError, match="empty"):
+        FeatureMemory(MemoryConfig(), torch.zeros(0, 152)).raw_map(x)
+
+
+def test_pca_finds_the_principal_directions() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 3, generator=g) * torch.tensor([5.0, 2.0, 0.1])
+    rot = torch.linalg.qr(torch.randn(3, 3, generator=g))[0]
+    mean, proj = _pca(z @ rot.T + 7.0, 2, seed=0, max_rows=3000)
+    torch.testing.assert_close(mean, torch.full((3,), 7.0), atol=0.3, rtol=0)
+    assert abs(float(proj[:, 0] @ rot[:, 0])) > 0.99 and abs(float(proj[:, 1] @ rot[:, 1])) > 0.99
+
+
+def test_memory_without_context_scores_as_before() -> None:
+    """Models saved before the context memory (no ``context_taps`` key) keep the fine map unscaled."""
+    old = MemoryConfig.from_dict({"backbone": "efficientnet_lite0", "taps": [4, 10], "coreset_fraction": 1.0})
+    assert old.context_taps == () and MemoryConfig().context_taps == (4, 10, 13)
+    assert MemoryConfig(backbone="mobilenet_v2").context_taps == ()
+    mem = FeatureMemory.build([_surface(0)], SIZE, old)
+    assert not mem.has_context and "context_bank" not in mem.state_dict()
+    x = to_batch([_with_hole(_surface(1))])
+    torch.testing.assert_close(mem.raw_map(x), mem._blurred(mem.distances(x), SIZE))
+    with pytest.raises(ValueError, match="context_dim"):
+        MemoryConfig(context_dim=0)
 
 
 def test_memory_config_validation_and_roundtrip() -> None:

@@ -266,9 +266,7 @@ class Detector:
             if config.scorer == "memory":
                 from patchloupe.memory import FeatureMemory, MemoryConfig
 
-                mstate = states[_MEMORY_FILE]
-                memory = FeatureMemory(MemoryConfig.from_dict(config.memory), mstate["bank"].float())
-                memory.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in mstate.items()})
+                memory = FeatureMemory.from_state(MemoryConfig.from_dict(config.memory), states[_MEMORY_FILE])
         except (RuntimeError, TypeError, KeyError, ValueError) as exc:
             raise ModelError(f"{str(folder)!r}: weights do not fit the saved configuration ({exc})") from exc
         return cls(generator, comparator, config, device=device, memory=memory)
@@ -628,9 +626,9 @@ class Detector:
 
     def num_params(self) -> int:
         """Parameters of the networks the scorer runs: generator + comparator (pattern), or the feature
-        trunk + the memory bank's entries (memory)."""
+        trunk + the entries of the memory banks (memory)."""
         if self.config.scorer == "memory":
-            return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.bank.numel()
+            return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
         return sum(p.numel() for m in (self.generator, self.comparator) for p in m.parameters())
 
     def __repr__(self) -> str:
