@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--context", default="", help="context taps: evaluate the product's fine + context memories")
     p.add_argument("--context-dim", type=int, default=128)
+    p.add_argument("--context-pool", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "memory_ablation.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -130,7 +131,7 @@ def _context_rows(
     rows = []
     for sigma in (float(v) for v in args.sigmas.split(",")):
         cfg = MemoryConfig(coreset_fraction=args.fraction, blur_sigma=sigma, context_taps=taps,
-                           context_dim=args.context_dim)  # fmt: skip
+                           context_dim=args.context_dim, context_pool=args.context_pool)  # fmt: skip
         t0 = time.perf_counter()
         mem = FeatureMemory.build(train, size, cfg, seed=0)
         t_build = time.perf_counter() - t0
@@ -149,6 +150,7 @@ def _context_rows(
                 "taps": list(cfg.taps),
                 "context_taps": list(taps),
                 "context_dim": args.context_dim,
+                "context_pool": args.context_pool,
                 "fraction": args.fraction,
                 "memory": [int(mem.bank.shape[0]), int(mem.context_bank.shape[0])],
                 "blur_sigma": sigma,

@@ -193,7 +193,10 @@ def test_context_memory_sets_the_peak_and_keeps_the_fine_shape() -> None:
     mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5))
     assert mem.has_context and mem.config.context_taps == (4, 10, 13)
     k = 128  # 40 + 112 + 192 = 344 context channels, projected to context_dim
-    assert mem.context_bank.shape == (96, k) and mem.context_proj.shape == (344, k)
+    # 3 images x 4x4 context positions (8x8 stride-8 positions averaged 2x2) x 0.5
+    assert mem.context_bank.shape == (24, k) and mem.context_proj.shape == (344, k)
+    unpooled = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5, context_pool=1, context_dim=16))
+    assert unpooled.context_bank.shape == (96, 16)
     torch.testing.assert_close(mem.context_proj.T @ mem.context_proj, torch.eye(k), atol=1e-4, rtol=0)
     x = to_batch([_with_hole(_surface(20)), _surface(21)])
     raw = mem.raw_map(x)
@@ -205,7 +208,7 @@ def test_context_memory_sets_the_peak_and_keeps_the_fine_shape() -> None:
     # extending keeps the projection and grows both banks
     proj = mem.context_proj.clone()
     mem.extend([_surface(30)], SIZE)
-    assert mem.context_bank.shape[0] == 96 + 32 and torch.equal(mem.context_proj, proj)
+    assert mem.context_bank.shape[0] == 24 + 8 and torch.equal(mem.context_proj, proj)
     # a state round trip rebuilds the same memory; a memory without a projection refuses to score
     again = FeatureMemory.from_state(mem.config, mem.state_dict())
     torch.testing.assert_close(again.raw_map(x), mem.raw_map(x))
@@ -235,6 +238,8 @@ def test_memory_without_context_scores_as_before() -> None:
     torch.testing.assert_close(mem.raw_map(x), mem._blurred(mem.distances(x), SIZE))
     with pytest.raises(ValueError, match="context_dim"):
         MemoryConfig(context_dim=0)
+    with pytest.raises(ValueError, match="context_pool"):
+        MemoryConfig(context_pool=0)
 
 
 def test_memory_config_validation_and_roundtrip() -> None:
