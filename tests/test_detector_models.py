@@ -210,6 +210,9 @@ def test_cli_fit_and_evaluate(
     rc = main(["evaluate", str(textures), "--model", str(out), "--json"])
     assert rc == 0
     assert "image_auroc" in json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert main(["evaluate", str(textures), "--model", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "image_auroc" in text and "image_auroc hole" in text  # the per-kind lines of the plain output
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,6 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if key in res:
                 v = res[key]
                 print(f"{key:>18}: {v:.4f}" if isinstance(v, float) else f"{key:>18}: {v}")
+        for kind, v in res.get("per_kind_image_auroc", {}).items():
+            print(f"{'image_auroc ' + kind:>18}: {v:.4f}")
         if res["errors"]:
             print(f"{len(res['errors'])} images failed", file=sys.stderr)
     return 1 if res["errors"] else 0

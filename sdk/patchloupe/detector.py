@@ -19,7 +19,8 @@ Column-wise directions run the same generator on transposed patches (a column is
 transposed image), so one network serves all four directions.
 
 With ``scorer="memory"`` (``patchloupe.memory``, not the paper's method) the pixel field is the
-feature-memory anomaly map ``m`` in [0, 1) at the model's size; a patch's score is the maximum of
+feature-memory anomaly map ``m`` in [0, 1) at the model's size (the fine memory's map, scaled per
+image to the context memory's maximum); a patch's score is the maximum of
 ``m`` over the patch, the image score the maximum over the image (the same decision rule as above:
 ``is_anomalous == (score >= threshold) == patch_map.any()``); the outline keeps the pixels of
 anomalous patches where ``m >= threshold``.
