@@ -12,7 +12,15 @@ import torch
 from patchloupe import Detector
 from patchloupe.cli import main
 from patchloupe.detector import DetectorConfig, ModelError
-from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, _pca, greedy_coreset, to_batch
+from patchloupe.memory import (
+    FeatureMemory,
+    MemoryConfig,
+    _gaussian_blur,
+    _pca,
+    greedy_coreset,
+    rescale_to_peak,
+    to_batch,
+)
 from patchloupe.models.backbone import (
     BackboneUnavailable,
     MobileNetV2Features,
@@ -218,6 +226,30 @@ def test_context_memory_sets_the_peak_and_keeps_the_fine_shape() -> None:
         FeatureMemory(MemoryConfig(), torch.zeros(0, 152)).raw_map(x)
 
 
+def test_rescale_to_peak_keeps_the_shape_and_never_loses_the_peak() -> None:
+    b = torch.tensor([[[1.0, 2.0], [0.5, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    c = torch.tensor([[[0.0, 8.0], [1.0, 2.0]], [[0.0, 3.0], [1.0, 0.0]]])
+    out = rescale_to_peak(b, c)
+    torch.testing.assert_close(out[0], b[0] * 2.0)  # max 4 -> 8
+    torch.testing.assert_close(out[1], c[1])  # an all-zero fine map: the context map itself
+    assert torch.isfinite(rescale_to_peak(b.half(), c.half())).all()
+
+
+def test_context_memory_at_odd_sizes() -> None:
+    """72 x 56 gives a 9 x 7 stride-8 grid; the 2x2 context pooling keeps the edge rows (ceil)."""
+    size = (72, 56)
+    mem = FeatureMemory.build([cv2.resize(_surface(s), size[::-1]) for s in range(2)], size, MemoryConfig())
+    assert mem.context_bank.shape[0] == round(0.1 * 2 * 5 * 4)
+    x = to_batch([cv2.resize(_with_hole(_surface(3)), size[::-1])])
+    raw = mem.raw_map(x)
+    assert raw.shape == (1, *size) and torch.isfinite(raw).all()
+    trunk = load_backbone(None, (4, 10), "efficientnet_lite0")
+    fine_only = FeatureMemory(MemoryConfig(context_taps=()), mem.bank, trunk)
+    extra = mem.flops(size) - fine_only.flops(size)
+    trunk_extra = extra - 2 * 5 * 4 * mem.context_bank.numel()  # blocks 11-13 of the trunk
+    assert 0 < trunk_extra < fine_only.flops(size)
+
+
 def test_pca_finds_the_principal_directions() -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4000, 3, generator=g) * torch.tensor([5.0, 2.0, 0.1])
@@ -242,8 +274,27 @@ def test_memory_without_context_scores_as_before() -> None:
         MemoryConfig(context_pool=0)
 
 
+def test_memory_model_saved_before_the_context_memory_loads_and_scores_as_before(tmp_path: Path) -> None:
+    imgs = [_surface(s) for s in range(3)]
+    mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(context_taps=(), coreset_fraction=0.5))
+    base = _tiny_base()
+    cfg = DetectorConfig(image_size=SIZE, grid=(8, 8), scorer="memory", memory=mem.config.to_dict(),
+                         generator=base.config.generator, comparator=base.config.comparator)  # fmt: skip
+    folder = Detector(base.generator, base.comparator, cfg, memory=mem).save(tmp_path / "old")
+    meta = json.loads((folder / "detector.json").read_text())
+    for key in ("context_taps", "context_dim", "context_pool"):  # what an older release wrote
+        del meta["memory"][key]
+    (folder / "detector.json").write_text(json.dumps(meta))
+    det = Detector.load(folder)
+    assert not det.memory.has_context and det.memory.config.context_taps == ()
+    img = _with_hole(_surface(9))
+    expect = -torch.expm1(-mem._blurred(mem.distances(to_batch([img])), SIZE) / mem.config.scale)
+    assert det.inspect(img).score == pytest.approx(float(expect.max()), abs=1e-5)
+
+
 def test_memory_config_validation_and_roundtrip() -> None:
     assert MemoryConfig().taps == (4, 10) and MemoryConfig(backbone="mobilenet_v2").taps == (6, 13)
+    assert MemoryConfig(taps=(10, 4), context_taps=(13, 4)).taps == (4, 10)  # block order, as the trunk returns them
     cfg = MemoryConfig(backbone="mobilenet_v2", taps=(3, 6), coreset_fraction=0.5, scale=2.0)
     assert MemoryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     for bad in (

@@ -16,14 +16,14 @@ Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale`` fixed 
 
 The *context memory* (``context_taps``, default for EfficientNet-Lite0: blocks 4, 10 and 13, i.e. stride
 8, 16 and 32) sets each image's peak: the same pipeline on features that also see the stride-32 block,
-projected by PCA (fitted on the training features) to ``context_dim`` dimensions, averaged over 2x2
-positions (``context_pool``; its search then costs 1/16 of a stride-8 one), with its own coreset.
-On magnetic tile the context map alone separates defective from good tiles better than the fine map
-(image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.840 against 0.848), so the map
-keeps the shape of the fine map ``b`` and takes its height from the context map ``c``:
-``d = b * max(c) / max(b)``. The image score ``max(m)`` is then the context score, and pixel AUROC
-rises above both (0.868) because the maps of good images are scaled down as a whole (figures and
-commands: docs/benchmarks.md).
+averaged over 2x2 positions (``context_pool``; its search then costs 1/16 of a stride-8 one) and
+projected by PCA (fitted on the training features) to ``context_dim`` dimensions, with its own
+coreset. On magnetic tile the context map alone separates defective from good tiles better than the
+fine map (image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.840 against 0.848), so
+the map keeps the shape of the fine map ``b`` and takes its height from the context map ``c``:
+``d = b * max(c) / max(b)`` (:func:`rescale_to_peak`). The image score ``max(m)`` is then the context
+score, and pixel AUROC rises above both (0.862 from ``Detector.fit``) because the maps of good images
+are scaled down as a whole (figures and commands: docs/benchmarks.md).
 
 The 3x3 average counts the zero padding (as PatchCore does), which damps the border features: on
 magnetic tile, image AUROC was 0.911 with it and 0.718 without (random 10 % memory, 2026-11-29).
@@ -68,10 +68,11 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         if self.backbone not in TRUNKS:
             raise ValueError(f"backbone must be one of {sorted(TRUNKS)}, got {self.backbone!r}")
-        self.taps = tuple(int(t) for t in self.taps) or TRUNKS[self.backbone][1]
+        # sorted: the trunk returns its taps in block order, and the features concatenate them so
+        self.taps = tuple(sorted(int(t) for t in self.taps)) or TRUNKS[self.backbone][1]
         if self.context_taps is None:
             self.context_taps = CONTEXT_TAPS.get(self.backbone, ())
-        self.context_taps = tuple(int(t) for t in self.context_taps)
+        self.context_taps = tuple(sorted(int(t) for t in self.context_taps))
         if int(self.context_dim) < 1:
             raise ValueError(f"context_dim must be >= 1, got {self.context_dim}")
         self.context_dim = int(self.context_dim)
@@ -95,6 +96,8 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MemoryConfig:
+        """Config from ``to_dict`` output; a missing ``context_taps`` means *no* context memory (unlike
+        ``MemoryConfig()``), which is how models saved before the context memory keep their scores."""
         keys = [f.name for f in fields(cls) if f.name != "context_taps"]
         # models saved before the context memory existed have none (and must keep scoring as before)
         return cls(**{k: d[k] for k in keys if k in d}, context_taps=tuple(d.get("context_taps", ())))
@@ -200,8 +203,11 @@ class FeatureMemory(nn.Module):
             ):
                 t = ctx.get(name, default)
                 self.register_buffer(name, t.float().contiguous())
-            if self.context_mean.numel() not in (0, cc) or self.context_proj.shape[0] != self.context_mean.numel():
-                raise ValueError(f"context projection must be ({cc}, {k}), got {tuple(self.context_proj.shape)}")
+            proj, bank_ = self.context_proj, self.context_bank
+            if self.context_mean.numel() not in (0, cc) or proj.shape != (self.context_mean.numel(), k):
+                raise ValueError(f"context projection must be ({cc}, {k}), got {tuple(proj.shape)}")
+            if bank_.ndim != 2 or bank_.shape[1] != k:
+                raise ValueError(f"context bank must be (M, {k}), got {tuple(bank_.shape)}")
 
     @classmethod
     def from_state(cls, config: MemoryConfig, state: dict[str, torch.Tensor]) -> FeatureMemory:
@@ -217,7 +223,7 @@ class FeatureMemory(nn.Module):
     def _tap_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, H/8, W/8)``, unprojected context features
         ``(B, Cc, H/8/p, W/8/p)`` with ``p = context_pool``, or None), from one trunk pass."""
-        maps = dict(zip(self.trunk.taps, self.trunk(x)))
+        maps = dict(zip(self.trunk.taps, self.trunk(x.to(self.bank.device))))
         ctx = None
         if self.has_context:
             ctx = _aggregate([maps[t] for t in self.config.context_taps])
@@ -238,7 +244,8 @@ class FeatureMemory(nn.Module):
 
     @torch.inference_mode()
     def distances(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """RGB float ``(B, 3, H, W)`` -> nearest-memory Euclidean distance ``(B, H/8, W/8)``."""
+        """RGB float ``(B, 3, H, W)`` -> Euclidean distance to the nearest vector of the fine memory
+        ``(B, H/8, W/8)`` (with a context memory, :meth:`raw_map` also rescales it)."""
         return self.nearest(self.features(x), chunk)
 
     @torch.inference_mode()
@@ -273,8 +280,7 @@ class FeatureMemory(nn.Module):
         if not self.has_context:
             return b
         c = self._blurred(self.nearest(self._project(ctx), bank=self.context_bank), x.shape[-2:])
-        ratio = c.amax(dim=(1, 2)) / b.amax(dim=(1, 2)).clamp_min(1e-12)
-        return b * ratio[:, None, None]
+        return rescale_to_peak(b, c)
 
     @torch.inference_mode()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,14 +302,15 @@ class FeatureMemory(nn.Module):
                 hooks.append(m.register_forward_hook(count))
         try:
             with torch.inference_mode():
-                maps = self.trunk(torch.zeros(1, 3, *image_size))
+                maps = dict(zip(self.trunk.taps, self.trunk(torch.zeros(1, 3, *image_size, device=self.bank.device))))
         finally:
             for h in hooks:
                 h.remove()
-        positions = maps[0].shape[-2] * maps[0].shape[-1]
-        search = positions * self.bank.numel()
+        h, w = maps[self.config.taps[0]].shape[-2:]  # the fine features' grid
+        search = h * w * self.bank.numel()
         if self.has_context:
-            search += math.ceil(positions / self.config.context_pool**2) * self.context_bank.numel()
+            p = self.config.context_pool
+            search += math.ceil(h / p) * math.ceil(w / p) * self.context_bank.numel()
         return int(total + 2 * search)
 
     def num_entries(self) -> int:
@@ -352,8 +359,8 @@ class FeatureMemory(nn.Module):
         for x in _batches(images, image_size, batch_size):
             f, ctx = self._tap_features(x)
             feats.append(_rows(f).to(self.bank.device))
-            if ctx is not None:  # unprojected until the PCA exists; fp16 halves what is held
-                ctxs.append(_rows(ctx).half() if self.context_mean.numel() == 0 else _rows(self._project(ctx)))
+            if ctx is not None:  # unprojected until the PCA exists (pooled 2x2 by default, so small)
+                ctxs.append(_rows(ctx) if self.context_mean.numel() == 0 else _rows(self._project(ctx)))
             if bar is not None:
                 bar.update(x.shape[0])
         if bar is not None:
@@ -364,7 +371,7 @@ class FeatureMemory(nn.Module):
             allc = torch.cat(ctxs)
             if self.context_mean.numel() == 0:
                 self.context_mean, self.context_proj = _pca(allc, self.context_proj.shape[1], seed)
-                allc = (allc.float() - self.context_mean) @ self.context_proj
+                allc = (allc - self.context_mean) @ self.context_proj
             idx = self._choose(allc, seed + 7, progress)
             self.context_bank = torch.cat([self.context_bank, allc[idx].float()]).contiguous()
         return self
@@ -395,6 +402,14 @@ class FeatureMemory(nn.Module):
         scale = float(peaks.mean())
         self.config.scale = scale if math.isfinite(scale) and scale > 0.0 else 1.0
         return self.config.scale
+
+
+def rescale_to_peak(b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Fine maps ``b`` ``(B, H, W)`` scaled per image so that each maximum equals that of the context
+    map ``c`` ``(B, H, W)``; an all-zero fine map is replaced by ``c`` (so the peak is never lost)."""
+    bmax = b.amax(dim=(1, 2), keepdim=True)
+    cmax = c.amax(dim=(1, 2), keepdim=True)
+    return torch.where(bmax > 0, b * (cmax / torch.where(bmax > 0, bmax, torch.ones_like(bmax))), c)
 
 
 def _rows(f: torch.Tensor) -> torch.Tensor:
