@@ -24,7 +24,7 @@ DEFAULT_GRID_CANDIDATES: tuple[tuple[int, int], ...] = ((4, 4), (8, 8))
 #: least this share of the copy-the-neighbour error at every grid candidate, i.e. when the surface is
 #: not predictable from its neighbours. Measured with the default model (``benchmarks/detection.py
 #: --sections choice``): 0.09-0.59 on the six generated texture families (where the pattern scorer
-#: reaches 0.905-1.000 image AUROC), 0.99 on magnetic tile (pattern 0.60, memory scorer 0.980).
+#: reaches 0.905-1.000 image AUROC), 0.99 on magnetic tile (pattern 0.60, memory scorer 0.978).
 AUTO_MEMORY_RATIO = 0.8
 
 

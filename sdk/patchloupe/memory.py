@@ -22,7 +22,7 @@ coreset. On magnetic tile the context map alone separates defective from good ti
 fine map (image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.840 against 0.848), so
 the map keeps the shape of the fine map ``b`` and takes its height from the context map ``c``:
 ``d = b * max(c) / max(b)`` (:func:`rescale_to_peak`). The image score ``max(m)`` is then the context
-score, and pixel AUROC rises above both (0.862 from ``Detector.fit``) because the maps of good images
+score, and pixel AUROC rises above both (0.865 from ``Detector.fit``) because the maps of good images
 are scaled down as a whole (figures and commands: docs/benchmarks.md).
 
 The 3x3 average counts the zero padding (as PatchCore does), which damps the border features: on
