@@ -36,10 +36,8 @@ TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 
 def main(argv: list[str] | None = None) -> int:
-    import cv2
     from patchloupe.data.mvtec import MVTecCategory
     from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
-    from patchloupe.metrics import aupro, image_auroc, pixel_auroc
     from patchloupe.models.backbone import load_backbone
     from patchloupe.preprocess import load_rgb
 
@@ -94,16 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             up = F.interpolate(d[:, None], size=size, mode="bilinear")
             for sigma in (float(v) for v in args.sigmas.split(",")):
                 bl = _gaussian_blur(up, sigma)[:, 0].numpy()
-                maps = [cv2.resize(bl[i], (m.shape[1], m.shape[0])) for i, m in enumerate(masks)]
                 row = {
                     "backbone": backbone,
                     "sampling": sampling,
                     "fraction": args.fraction,
                     "memory": int(n),
                     "blur_sigma": sigma,
-                    "image_auroc": image_auroc(labels, bl.reshape(len(bl), -1).max(1)),
-                    "pixel_auroc": pixel_auroc(masks, maps),
-                    "aupro": aupro(masks, maps),
+                    **_scores(bl, labels, masks),
                     "bank_s": round(t_bank, 1),
                 }
                 rows.append(row)
@@ -122,9 +117,7 @@ def _context_rows(
     masks: list[np.ndarray],
 ) -> list[dict]:
     """Fine map, context map and the product's rescaled map of ``FeatureMemory.build`` on all ``train``."""
-    import cv2
     from patchloupe.memory import FeatureMemory, MemoryConfig, to_batch
-    from patchloupe.metrics import aupro, image_auroc, pixel_auroc
     from patchloupe.preprocess import resize_for_model
 
     taps = tuple(int(t) for t in args.context.split(","))
@@ -143,8 +136,6 @@ def _context_rows(
             ctx.append(mem._blurred(mem.nearest(mem._project(c), bank=mem.context_bank), size))
             prod.append(mem.raw_map(x))
         for name, maps_t in (("fine", fine), ("context", ctx), ("product", prod)):
-            bl = torch.cat(maps_t).numpy()
-            maps = [cv2.resize(bl[i], (m.shape[1], m.shape[0])) for i, m in enumerate(masks)]
             row = {
                 "map": name,
                 "taps": list(cfg.taps),
@@ -154,14 +145,25 @@ def _context_rows(
                 "fraction": args.fraction,
                 "memory": [int(mem.bank.shape[0]), int(mem.context_bank.shape[0])],
                 "blur_sigma": sigma,
-                "image_auroc": image_auroc(labels, bl.reshape(len(bl), -1).max(1)),
-                "pixel_auroc": pixel_auroc(masks, maps),
-                "aupro": aupro(masks, maps),
+                **_scores(torch.cat(maps_t).numpy(), labels, masks),
                 "build_s": round(t_build, 1),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def _scores(bl: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict[str, float]:
+    """Image AUROC (map maximum), pixel AUROC and AUPRO of maps ``(N, H, W)`` resized to each mask's size."""
+    import cv2
+    from patchloupe.metrics import aupro, image_auroc, pixel_auroc
+
+    maps = [cv2.resize(bl[i], (m.shape[1], m.shape[0])) for i, m in enumerate(masks)]
+    return {
+        "image_auroc": image_auroc(labels, bl.reshape(len(bl), -1).max(1)),
+        "pixel_auroc": pixel_auroc(masks, maps),
+        "aupro": aupro(masks, maps),
+    }
 
 
 def _features(mem: FeatureMemory, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
