@@ -19,7 +19,7 @@ The *context memory* (``context_taps``, default for EfficientNet-Lite0: blocks 4
 averaged over 2x2 positions (``context_pool``; its search then costs 1/16 of a stride-8 one) and
 projected by PCA (fitted on the training features) to ``context_dim`` dimensions, with its own
 coreset. On magnetic tile the context map alone separates defective from good tiles better than the
-fine map (image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.840 against 0.848), so
+fine map (image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.842 against 0.848), so
 the map keeps the shape of the fine map ``b`` and takes its height from the context map ``c``:
 ``d = b * max(c) / max(b)`` (:func:`rescale_to_peak`). The image score ``max(m)`` is then the context
 score, and pixel AUROC rises above both (0.865 from ``Detector.fit``) because the maps of good images
