@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for backbone in [] if args.context else args.backbones.split(","):
         cfg = MemoryConfig(backbone=backbone, context_taps=())  # the fine memory alone
         trunk = load_backbone(None, cfg.taps, backbone)
-        mem = FeatureMemory(cfg, torch.zeros(0, sum(trunk.channels)), trunk)
+        mem = FeatureMemory(cfg, None, trunk)
 
         t0 = time.perf_counter()
         ftr = _features(mem, train, size)

@@ -88,10 +88,15 @@ class MemoryConfig:
         if not (math.isfinite(float(self.scale)) and float(self.scale) > 0.0):
             raise ValueError(f"scale must be positive, got {self.scale}")
 
+    @property
+    def trunk_taps(self) -> tuple[int, ...]:
+        """The blocks the trunk must return: the fine taps and the context taps, in block order."""
+        return tuple(sorted(set(self.taps) | set(self.context_taps)))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["taps"] = list(self.taps)
-        d["context_taps"] = list(self.context_taps or ())
+        d["context_taps"] = list(self.context_taps)
         return d
 
     @classmethod
@@ -99,7 +104,6 @@ class MemoryConfig:
         """Config from ``to_dict`` output; a missing ``context_taps`` means *no* context memory (unlike
         ``MemoryConfig()``), which is how models saved before the context memory keep their scores."""
         keys = [f.name for f in fields(cls) if f.name != "context_taps"]
-        # models saved before the context memory existed have none (and must keep scoring as before)
         return cls(**{k: d[k] for k in keys if k in d}, context_taps=tuple(d.get("context_taps", ())))
 
 
@@ -168,26 +172,27 @@ def _bar(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or None
 
 class FeatureMemory(nn.Module):
     """Frozen ImageNet trunk (``config.backbone``) + a memory ``bank`` ``(M, C)`` of defect-free feature
-    vectors, and, when ``config.context_taps`` is set, a context memory ``context_bank`` ``(M2, k)`` of
+    vectors (None: empty), and, when ``config.context_taps`` is set, a context memory ``context_bank`` ``(M2, k)`` of
     PCA-projected context features (``context_mean`` ``(Cc,)``, ``context_proj`` ``(Cc, k)``; empty until
     the first :meth:`extend` fits them)."""
 
     def __init__(
         self,
         config: MemoryConfig,
-        bank: torch.Tensor,
+        bank: torch.Tensor | None,
         trunk: nn.Module | None = None,
         context: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        taps = tuple(sorted(set(config.taps) | set(config.context_taps or ())))
+        taps = config.trunk_taps
         self.trunk = trunk if trunk is not None else build_trunk(config.backbone, taps)
         self.trunk.eval().requires_grad_(False)
         if tuple(self.trunk.taps) != taps:
             raise ValueError(f"trunk taps {tuple(self.trunk.taps)} differ from the config's {taps}")
         width = dict(zip(self.trunk.taps, self.trunk.channels))
         self.channels = sum(width[t] for t in config.taps)
+        bank = torch.zeros(0, self.channels) if bank is None else bank
         if bank.ndim != 2 or bank.shape[1] != self.channels:
             raise ValueError(f"bank must be (M, {self.channels}), got {tuple(bank.shape)}")
         self.register_buffer("bank", bank.float().contiguous())
@@ -337,10 +342,7 @@ class FeatureMemory(nn.Module):
         from held-out images with ``set_scale``).
         """
         config = config or MemoryConfig()
-        taps = tuple(sorted(set(config.taps) | set(config.context_taps or ())))
-        trunk = load_backbone(weights, taps, config.backbone)
-        width = dict(zip(trunk.taps, trunk.channels))
-        mem = cls(config, torch.zeros(0, sum(width[t] for t in config.taps)), trunk)
+        mem = cls(config, None, load_backbone(weights, config.trunk_taps, config.backbone))
         return mem.extend(images, image_size, batch_size, seed, progress)
 
     def extend(
@@ -358,7 +360,7 @@ class FeatureMemory(nn.Module):
         bar = _bar(len(images), progress, "features")
         for x in _batches(images, image_size, batch_size):
             f, ctx = self._tap_features(x)
-            feats.append(_rows(f).to(self.bank.device))
+            feats.append(_rows(f))
             if ctx is not None:  # unprojected until the PCA exists (pooled 2x2 by default, so small)
                 ctxs.append(_rows(ctx) if self.context_mean.numel() == 0 else _rows(self._project(ctx)))
             if bar is not None:
