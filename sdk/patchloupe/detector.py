@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from patchloupe import _native
+from patchloupe.fileio import atomic_write_bytes
 from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
 from patchloupe.results import InspectionError, InspectionResult
-from patchloupe.train.common import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

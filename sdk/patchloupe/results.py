@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from patchloupe.train.common import atomic_write_bytes
+from patchloupe.fileio import atomic_write_bytes
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from patchloupe.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -94,45 +94,7 @@ class CheckpointError(WeightsError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Best effort: make a rename durable (POSIX only)."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
-
-    Readers see either the old file or the complete new one, never a partial write. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically (see :func:`atomic_write_bytes`)."""
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
+_fsync_dir = fsync_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +124,7 @@ def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_sha256 = sha256_bytes
 
 
 def _weights_paths(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from patchloupe.detector import DIRECTIONS, Detector, DetectorConfig, _sha256
+from patchloupe.fileio import atomic_write_bytes
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
-from patchloupe.train.common import atomic_write_bytes
 from patchloupe.train.pretrain import _EVAL_STREAM, load_generator, pretrain_images
 from patchloupe.train.stage2 import train_comparator
 
