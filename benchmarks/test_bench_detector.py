@@ -12,6 +12,7 @@ from patchloupe import Detector
 from patchloupe.detector import DetectorConfig
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
+from patchloupe.scorers.pattern import PatternScorer
 
 
 def preset_detector(preset: str, image: int = 256, grid: int = 4) -> Detector:
@@ -20,10 +21,8 @@ def preset_detector(preset: str, image: int = 256, grid: int = 4) -> Detector:
     patch = image // grid
     gen = build_generator(preset, patch_size=(patch, patch))
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(
-        image_size=(image, image), grid=(grid, grid), generator=gen.config.to_dict(), comparator=comp.config.to_dict()
-    )
-    return Detector(gen, comp, cfg)
+    cfg = DetectorConfig(image_size=(image, image), grid=(grid, grid))
+    return Detector(PatternScorer(gen, comp, (image, image), (grid, grid)), cfg)
 
 
 @pytest.mark.benchmark

@@ -11,6 +11,7 @@ import pytest
 import torch
 from patchloupe import Detector, InspectionError, InspectionResult
 from patchloupe.detector import DetectorConfig, ModelError
+from patchloupe.scorers.pattern import PatternConfig, PatternScorer
 
 
 class MeanGenerator(torch.nn.Module):
@@ -32,7 +33,7 @@ class DiffComparator(torch.nn.Module):
 
 def _fake_detector(grid: tuple[int, int] = (4, 4), size: int = 128) -> Detector:
     cfg = DetectorConfig(image_size=(size, size), grid=grid, threshold=0.5)
-    return Detector(MeanGenerator(), DiffComparator(), cfg)
+    return Detector(PatternScorer(MeanGenerator(), DiffComparator(), (size, size), grid), cfg)
 
 
 def test_intersection_keeps_the_defect_patch_and_clears_its_neighbours() -> None:
@@ -64,15 +65,21 @@ def test_result_semantics_and_threshold_override() -> None:
     r = det.inspect(img)
     assert r.anomaly_map.shape == (75, 113) and r.mask.shape == (75, 113)
     assert set(r.timings_ms) == {"preprocess", "inference", "postprocess"}
-    for thr in (0.0, 0.3, 1.01):
+    for thr in (0.0, 0.3, 1.0):
         rt = det.inspect(img, threshold=thr)
         assert rt.threshold == thr
         assert rt.is_anomalous == (rt.score >= thr) == bool(rt.patch_map.any())
         assert rt.mask.any() <= rt.is_anomalous
-    det.threshold = 1.01
+    det.threshold = 1.0
     assert not det.inspect(img).is_anomalous
-    with pytest.raises(ValueError):
-        det.threshold = float("nan")
+    for bad in (float("nan"), float("inf"), -1, 2, 1.01, "0.5", True, None, [0.5]):
+        with pytest.raises(ValueError, match="threshold"):
+            det.threshold = bad
+        with pytest.raises(ValueError, match="threshold"):
+            det.inspect(img, threshold=bad if bad is not None else "a")
+        with pytest.raises(ValueError, match="threshold"):
+            det.inspect_many([img], threshold=bad if bad is not None else "a")  # checked at the call, not at next()
+    assert det.threshold == 1.0
 
 
 def test_inputs_gray_bgr_path_and_pil(tmp_path: Path) -> None:
@@ -159,12 +166,20 @@ def test_calibrate_sets_threshold_above_normal_scores() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError):
         DetectorConfig(image_size=(100, 100), grid=(3, 3))  # not divisible
+    with pytest.raises(ValueError, match="3x3"):
+        PatternScorer(MeanGenerator(), DiffComparator(), (64, 64), (2, 2))
     with pytest.raises(ValueError):
-        DetectorConfig(grid=(2, 2), image_size=(64, 64))
-    with pytest.raises(ValueError):
-        DetectorConfig(directions=("ltr", "sideways"))
+        PatternConfig(directions=("ltr", "sideways"))
+    with pytest.raises(ValueError, match="repeats"):
+        PatternConfig(directions=("ltr", "rtl", "ltr"))
+    with pytest.raises(ValueError, match="grid"):
+        DetectorConfig(grid=(4.7, 4.7))
+    with pytest.raises(ValueError, match="grid"):
+        DetectorConfig(grid=(4,))
+    from patchloupe.persistence import _split_meta
+
     with pytest.raises(ModelError):
-        DetectorConfig.from_dict({"format_version": 999})
+        _split_meta({"format_version": 999})
 
 
 def test_load_errors(tmp_path: Path) -> None:

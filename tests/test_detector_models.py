@@ -16,20 +16,15 @@ from patchloupe.cli import main
 from patchloupe.detector import DetectorConfig, ModelError
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
+from patchloupe.scorers.pattern import PatternScorer
 
 
 def _tiny(seed: int = 0) -> Detector:
     torch.manual_seed(seed)
     gen = build_generator("tiny")
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(
-        image_size=(96, 96),
-        grid=(3, 3),
-        generator=gen.config.to_dict(),
-        comparator=comp.config.to_dict(),
-        threshold=0.5,
-    )
-    return Detector(gen, comp, cfg)
+    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3), threshold=0.5)
+    return Detector(PatternScorer(gen, comp, (96, 96), (3, 3)), cfg)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +100,7 @@ def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_
     mismatch = tmp_path / "mismatch"
     shutil.copytree(model_dir, mismatch)
     meta = json.loads((mismatch / "detector.json").read_text())
-    meta["generator"]["embed_dim"] = 8
+    meta["scorer_config"]["generator"]["embed_dim"] = 8
     meta.pop("sha256")
     (mismatch / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="do not fit"):
@@ -238,7 +233,8 @@ def test_fit_with_zero_steps_keeps_the_base_networks(model_dir: Path, textures: 
         comparator_steps=0,
         progress=False,
     )
-    for a, b in ((det.generator, base.generator), (det.comparator, base.comparator)):
+    pairs = ((det.scorer.generator, base.scorer.generator), (det.scorer.comparator, base.scorer.comparator))
+    for a, b in pairs:
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)
     assert det.config.calibration["n_images"] >= 1
@@ -247,7 +243,7 @@ def test_fit_with_zero_steps_keeps_the_base_networks(model_dir: Path, textures: 
 
 
 def test_prediction_error_ratio_is_one_for_the_copy_predictor() -> None:
-    from patchloupe.fit import prediction_error_ratio
+    from patchloupe.scorers.pattern import prediction_error_ratio
 
     class Copy(torch.nn.Module):
         def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -264,10 +260,11 @@ def test_prediction_error_ratio_is_one_for_the_copy_predictor() -> None:
 def test_auto_scorer_follows_the_prediction_error_ratio(
     model_dir: Path, textures: Path, monkeypatch: pytest.MonkeyPatch, ratio: float, available: bool, want: str
 ) -> None:
-    import patchloupe.fit as fit_mod
+    import patchloupe.scorers.memory as memory_mod
+    import patchloupe.scorers.pattern as pattern_mod
 
-    monkeypatch.setattr(fit_mod, "prediction_error_ratio", lambda *a, **k: ratio)
-    monkeypatch.setattr(fit_mod, "_memory_available", lambda: available)
+    monkeypatch.setattr(pattern_mod, "prediction_error_ratio", lambda *a, **k: ratio)
+    monkeypatch.setattr(memory_mod, "memory_available", lambda: available)
     det = Detector.fit(
         textures / "train" / "good",
         base=model_dir,
@@ -285,7 +282,7 @@ def test_auto_scorer_follows_the_prediction_error_ratio(
 def test_choose_scorer_explicit_and_small_fixed_grid(model_dir: Path) -> None:
     from patchloupe.fit import choose_scorer
 
-    gen = Detector.load(model_dir).generator
+    gen = Detector.load(model_dir).scorer.generator
     imgs = [_img(i) for i in range(2)]
     assert choose_scorer(gen, imgs, (96, 96), (3, 3), scorer="memory")[:2] == ("memory", {})
     # 8x8 on 96 px gives 12 px patches, too small to measure: auto keeps the pattern scorer

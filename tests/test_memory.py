@@ -12,15 +12,6 @@ import torch
 from patchloupe import Detector
 from patchloupe.cli import main
 from patchloupe.detector import DetectorConfig, ModelError
-from patchloupe.memory import (
-    FeatureMemory,
-    MemoryConfig,
-    _gaussian_blur,
-    _pca,
-    greedy_coreset,
-    rescale_to_peak,
-    to_batch,
-)
 from patchloupe.models.backbone import (
     BackboneUnavailable,
     MobileNetV2Features,
@@ -30,6 +21,17 @@ from patchloupe.models.backbone import (
 )
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
+from patchloupe.scorers.memory import (
+    FeatureMemory,
+    MemoryConfig,
+    MemoryScorer,
+    _gaussian_blur,
+    _pca,
+    greedy_coreset,
+    rescale_to_peak,
+    to_batch,
+)
+from patchloupe.scorers.pattern import PatternScorer
 
 SIZE = (64, 64)
 
@@ -60,10 +62,8 @@ def memory_det() -> Detector:
 def _tiny_base() -> Detector:
     gen = build_generator("tiny")
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(
-        image_size=(96, 96), grid=(3, 3), generator=gen.config.to_dict(), comparator=comp.config.to_dict()
-    )
-    return Detector(gen, comp, cfg)
+    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3))
+    return Detector(PatternScorer(gen, comp, (96, 96), (3, 3)), cfg)
 
 
 # ---------------------------------------------------------------------------------------------- backbone
@@ -277,16 +277,17 @@ def test_memory_without_context_scores_as_before() -> None:
 def test_memory_model_saved_before_the_context_memory_loads_and_scores_as_before(tmp_path: Path) -> None:
     imgs = [_surface(s) for s in range(3)]
     mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(context_taps=(), coreset_fraction=0.5))
-    base = _tiny_base()
-    cfg = DetectorConfig(image_size=SIZE, grid=(8, 8), scorer="memory", memory=mem.config.to_dict(),
-                         generator=base.config.generator, comparator=base.config.comparator)  # fmt: skip
-    folder = Detector(base.generator, base.comparator, cfg, memory=mem).save(tmp_path / "old")
+    cfg = DetectorConfig(image_size=SIZE, grid=(8, 8), scorer="memory")
+    folder = Detector(MemoryScorer(mem, SIZE, (8, 8)), cfg).save(tmp_path / "old")
     meta = json.loads((folder / "detector.json").read_text())
-    for key in ("context_taps", "context_dim", "context_pool"):  # what an older release wrote
+    # what an older release wrote: format 2, the memory settings under "memory", no context keys
+    meta["format_version"] = 2
+    meta["memory"] = meta.pop("scorer_config")
+    for key in ("context_taps", "context_dim", "context_pool"):
         del meta["memory"][key]
     (folder / "detector.json").write_text(json.dumps(meta))
     det = Detector.load(folder)
-    assert not det.memory.has_context and det.memory.config.context_taps == ()
+    assert not det.scorer.memory.has_context and det.scorer.config.context_taps == ()
     img = _with_hole(_surface(9))
     expect = -torch.expm1(-mem._blurred(mem.distances(to_batch([img])), SIZE) / mem.config.scale)
     assert det.inspect(img).score == pytest.approx(float(expect.max()), abs=1e-5)
@@ -330,8 +331,8 @@ def test_memory_detector_flags_a_hole_and_is_consistent(memory_det: Detector) ->
 
 def test_peak_distances_give_the_inspect_scores(memory_det: Detector) -> None:
     imgs = [_surface(200 + i) for i in range(2)] + [_with_hole(_surface(202))]
-    peaks = memory_det.memory.peak_distances(imgs, SIZE)
-    got = (-torch.expm1(-peaks / memory_det.memory.config.scale)).tolist()
+    peaks = memory_det.scorer.memory.peak_distances(imgs, SIZE)
+    got = (-torch.expm1(-peaks / memory_det.scorer.config.scale)).tolist()
     assert got == pytest.approx([memory_det.inspect(im).score for im in imgs], abs=1e-5)
 
 
@@ -347,7 +348,8 @@ def test_memory_detector_keeps_input_size_and_batches(memory_det: Detector) -> N
 def test_memory_detector_save_load(memory_det: Detector, tmp_path: Path) -> None:
     folder = memory_det.save(tmp_path / "m", weights_dtype=torch.float16)
     meta = json.loads((folder / "detector.json").read_text())
-    assert meta["format_version"] == 2 and meta["scorer"] == "memory" and "memory.safetensors" in meta["sha256"]
+    assert meta["format_version"] == 3 and meta["scorer"] == "memory" and "memory.safetensors" in meta["sha256"]
+    assert "generator.safetensors" not in meta["sha256"]  # a memory model holds only what its scorer needs
     det = Detector.load(folder)
     img = _with_hole(_surface(5))
     assert det.inspect(img).score == pytest.approx(memory_det.inspect(img).score, abs=2e-3)
@@ -360,11 +362,11 @@ def test_memory_scorer_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scorer"):
         DetectorConfig(scorer="knn")
     base = _tiny_base()
-    with pytest.raises(ValueError, match="FeatureMemory"):
-        Detector(base.generator, base.comparator, DetectorConfig(scorer="memory"))
+    with pytest.raises(ValueError, match="scorer"):
+        Detector(base.scorer, DetectorConfig(scorer="memory", image_size=(96, 96), grid=(3, 3)))
     folder = base.save(tmp_path / "p")
     meta = json.loads((folder / "detector.json").read_text())
-    assert meta["format_version"] == 1 and meta["scorer"] == "pattern"
+    assert meta["format_version"] == 3 and meta["scorer"] == "pattern"
     meta["scorer"] = "knn"
     (folder / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="scorer"):

@@ -6,18 +6,24 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from patchloupe.detector import Detector
 
 log = logging.getLogger(__name__)
 
 
+class Inspector(Protocol):
+    """Anything that inspects images lazily and has a threshold (a ``Detector``, an exported runtime)."""
+
+    threshold: float
+
+    def inspect_many(self, images: Iterable[Any], batch_size: int = ..., keep_image: bool = ...) -> Iterator[Any]: ...
+
+
 def evaluate_detector(
-    det: Detector, dataset: str | os.PathLike[str], batch_size: int = 8, progress: bool = False, max_fpr: float = 0.3
+    det: Inspector, dataset: str | os.PathLike[str], batch_size: int = 8, progress: bool = False, max_fpr: float = 0.3
 ) -> dict[str, Any]:
     """Inspect every test image of ``dataset`` and score the results against the ground truth.
 

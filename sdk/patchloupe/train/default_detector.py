@@ -12,20 +12,19 @@ stage saw. The result is a regular model folder (``detector.json`` + safetensors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from patchloupe.detector import DIRECTIONS, Detector, DetectorConfig, _sha256
-from patchloupe.fileio import atomic_write_bytes
+from patchloupe.config import DetectorConfig
+from patchloupe.detector import Detector
+from patchloupe.grid import DIRECTIONS
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.scorers.pattern import PatternConfig, PatternScorer
 from patchloupe.train.pretrain import _EVAL_STREAM, load_generator, pretrain_images
 from patchloupe.train.stage2 import train_comparator
 
@@ -45,10 +44,7 @@ def build_default_detector(
     progress: bool = True,
     weights_dtype: torch.dtype = torch.float16,
 ) -> Detector:
-    """Train the generic comparator on top of ``generator_dir``'s generator, calibrate, save to ``out_dir``.
-
-    Files already in ``out_dir`` that are not part of a model folder (e.g. ``generator.json``) are kept.
-    """
+    """Train the generic comparator on top of ``generator_dir``'s generator, calibrate, save to ``out_dir``."""
     t0 = time.perf_counter()
     generator, gcfg = load_generator(generator_dir)
     image_size = tuple(gcfg.get("image_size", (256, 256)))
@@ -69,15 +65,8 @@ def build_default_detector(
         precompute=2048,
     )
     comparator.eval()
-    config = DetectorConfig(
-        image_size=image_size,
-        grid=grid,
-        directions=DIRECTIONS,
-        generator=generator.config.to_dict(),
-        comparator=comparator.config.to_dict(),
-        false_alarm_rate=false_alarm_rate,
-    )
-    det = Detector(generator, comparator, config)
+    config = DetectorConfig(image_size=image_size, grid=grid, false_alarm_rate=false_alarm_rate)
+    det = Detector(PatternScorer(generator, comparator, image_size, grid, PatternConfig(directions=DIRECTIONS)), config)
     calib = pretrain_images(
         n_calibration_per_family_style, image_size, seed=seed + 23, stream=_EVAL_STREAM, augment=False
     )
@@ -91,19 +80,8 @@ def build_default_detector(
         "n_calibration": len(calib),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keep_generator = Path(generator_dir).resolve() == out.resolve()
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = det.save(Path(tmp) / "model", weights_dtype=weights_dtype)
-        meta = json.loads((saved / "detector.json").read_text())
-        if keep_generator:  # the pre-trained file stays (with its generator.json); point the checksum at it
-            meta["sha256"]["generator.safetensors"] = _sha256(out / "generator.safetensors")
-        else:
-            shutil.copy2(saved / "generator.safetensors", out / "generator.safetensors")
-        shutil.copy2(saved / "comparator.safetensors", out / "comparator.safetensors")
-        atomic_write_bytes(out / "detector.json", json.dumps(meta, indent=2).encode())
-    log.info("default detector written to %s (threshold %.4g)", out, det.threshold)
+    det.save(out_dir, weights_dtype=weights_dtype)  # other files in out_dir (e.g. generator.json) are kept
+    log.info("default detector written to %s (threshold %.4g)", out_dir, det.threshold)
     return det
 
 

@@ -1,32 +1,24 @@
-"""The feature-memory scorer: nearest-neighbour distance to a memory of ImageNet features of
-defect-free images (the PatchCore recipe), an alternative to the pattern scorer for surfaces that
-are not a regular texture (see README, "Choosing a scorer").
-
-It is not the paper's method. The pattern scorer (generator + comparator) predicts each patch from
-its neighbours, which works on periodic and stationary textures and survives a change of texture;
-on real surfaces whose appearance is not predictable from the neighbours (the magnetic tiles of
-``docs/benchmarks.md``) it fails, and a memory of what normal local features look like does not.
+"""The memory scorer: nearest-neighbour distance to a memory of ImageNet features of defect-free
+images (the PatchCore recipe), for surfaces that are not a regular texture (README, "Choosing a
+scorer"). It is not the paper's method.
 
 Pipeline for a batch of RGB images resized to the detector's ``image_size``:
 ``(B, 3, H, W)`` -> frozen ImageNet features (EfficientNet-Lite0 by default, or MobileNetV2; see
-``patchloupe.models.backbone``) at stride 8 and 16, each averaged over its 3x3
-neighbourhood, the stride-16 map upsampled to stride 8 and concatenated -> ``(B, C, H/8, W/8)``
--> Euclidean distance of every position to its nearest memory vector -> upsampled to ``(H, W)`` and
-Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale`` fixed at fit time.
+``patchloupe.models.backbone``) at stride 8 and 16, each averaged over its 3x3 neighbourhood (zero
+padding counted, as PatchCore does), the stride-16 map upsampled to stride 8 and concatenated ->
+``(B, C, H/8, W/8)`` -> Euclidean distance of every position to its nearest memory vector ->
+upsampled to ``(H, W)`` and Gaussian-blurred -> ``m = 1 - exp(-d / scale)`` in [0, 1), with ``scale``
+fixed at fit time.
 
 The *context memory* (``context_taps``, default for EfficientNet-Lite0: blocks 4, 10 and 13, i.e. stride
 8, 16 and 32) sets each image's peak: the same pipeline on features that also see the stride-32 block,
-averaged over 2x2 positions (``context_pool``; its search then costs 1/16 of a stride-8 one) and
-projected by PCA (fitted on the training features) to ``context_dim`` dimensions, with its own
-coreset. On magnetic tile the context map alone separates defective from good tiles better than the
-fine map (image AUROC 0.977 against 0.968) but localises worse (pixel AUROC 0.842 against 0.848), so
-the map keeps the shape of the fine map ``b`` and takes its height from the context map ``c``:
-``d = b * max(c) / max(b)`` (:func:`rescale_to_peak`). The image score ``max(m)`` is then the context
-score, and pixel AUROC rises above both (0.865 from ``Detector.fit``) because the maps of good images
-are scaled down as a whole (figures and commands: docs/benchmarks.md).
+averaged over 2x2 positions (``context_pool``) and projected by PCA (fitted on the training features)
+to ``context_dim`` dimensions, with its own coreset. The map keeps the shape of the fine map ``b`` and
+takes its height from the context map ``c``: ``d = b * max(c) / max(b)`` (:func:`rescale_to_peak`), so
+the image score ``max(m)`` is the context score (why: docs/benchmarks.md, memory ablation).
 
-The 3x3 average counts the zero padding (as PatchCore does), which damps the border features: on
-magnetic tile, image AUROC was 0.911 with it and 0.718 without (random 10 % memory, 2026-11-29).
+:class:`MemoryScorer` wraps a :class:`FeatureMemory` as a ``Scorer``: the field is the map ``m`` at the
+model size (``pixel_rule = "resize"``), a patch's score is the maximum of ``m`` over the patch.
 """
 
 from __future__ import annotations
@@ -35,14 +27,15 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchloupe.models.backbone import TRUNKS, build_trunk, load_backbone
+from patchloupe.models.backbone import TRUNKS, BackboneUnavailable, build_trunk, default_weights_path, load_backbone
+from patchloupe.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -473,3 +466,106 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         kh = k[r - pad_h : r + pad_h + 1]
         x = F.conv2d(F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"), (kh / kh.sum()).view(1, 1, -1, 1))
     return x
+
+
+class MemoryScorer(Scorer):
+    """A :class:`FeatureMemory` on an ``image_size`` image; ``grid`` sets the resolution of the patch scores."""
+
+    name: ClassVar[str] = "memory"
+    pixel_rule: ClassVar[str] = "resize"
+    entries: ClassVar[tuple[str, ...]] = ("memory",)
+
+    def __init__(self, memory: FeatureMemory, image_size: tuple[int, int], grid: tuple[int, int]) -> None:
+        from patchloupe.preprocess import check_geometry
+
+        self.memory = memory.eval()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.grid = (int(grid[0]), int(grid[1]))
+        check_geometry(self.image_size, self.grid)
+
+    @property
+    def config(self) -> MemoryConfig:
+        return self.memory.config
+
+    def settings(self) -> dict[str, Any]:
+        return self.memory.config.to_dict()
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"memory": self.memory.state_dict()}
+
+    @classmethod
+    def from_saved(
+        cls,
+        settings: dict[str, Any],
+        tensors: dict[str, dict[str, torch.Tensor]],
+        image_size: tuple[int, int],
+        grid: tuple[int, int],
+    ) -> MemoryScorer:
+        state = tensors["memory"]
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"memory tensors {bad} hold NaN or infinite values")
+        return cls(FeatureMemory.from_state(MemoryConfig.from_dict(settings), state), image_size, grid)
+
+    def to(self, device: Any) -> MemoryScorer:
+        self.memory.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.bank.device
+
+    @torch.inference_mode()
+    def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(B, H', W', 3)`` -> patch scores ``(B, rows, cols)`` (the map's maximum per patch) and
+        the anomaly map ``(B, H', W')``."""
+        x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        amap = self.memory.anomaly_map(x).float().cpu().numpy()
+        b, h, w = amap.shape
+        rows, cols = self.grid
+        cells = amap.reshape(b, rows, h // rows, cols, w // cols)
+        return cells.max(axis=(2, 4)).astype(np.float64), amap
+
+    def flops(self) -> int:
+        """The feature trunk plus the nearest-neighbour searches over both memories."""
+        return self.memory.flops(self.image_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
+
+
+def fit_memory(
+    train: Sequence[np.ndarray],
+    hold: Sequence[np.ndarray],
+    image_size: tuple[int, int],
+    grid: tuple[int, int],
+    *,
+    coreset_fraction: float,
+    seed: int,
+    progress: bool,
+) -> tuple[MemoryScorer, list[float], dict[str, Any]]:
+    """Build the memory from ``train``, set its scale from the held-out images ``hold`` and return the
+    scorer, the held-out image scores (for calibration, as ``inspect`` computes them) and a record.
+
+    The held-out images join the memory only after their scores are taken: more memory can only lower
+    the distances, so a threshold calibrated on those scores keeps the false-alarm rate an upper bound.
+    """
+    memory = FeatureMemory.build(
+        train, image_size, MemoryConfig(coreset_fraction=coreset_fraction), seed=seed, progress=progress
+    )
+    peaks = memory.peak_distances(hold, image_size)  # one pass over the held-out images serves scale and threshold
+    scale = memory.scale_from_peaks(peaks)
+    scores = (-torch.expm1(-peaks / scale)).tolist()  # image score = max of 1 - exp(-d / scale)
+    n_before = int(memory.bank.shape[0])
+    memory.extend(hold, image_size, seed=seed + 1, progress=progress)
+    record = {"memory_size_at_calibration": n_before, "memory_size": int(memory.bank.shape[0])}
+    return MemoryScorer(memory, image_size, grid), scores, record
+
+
+def memory_available() -> bool:
+    """Whether the memory scorer's default trunk weights are installed (only ``fit`` needs them)."""
+    try:
+        default_weights_path(MemoryConfig().backbone)
+    except BackboneUnavailable:
+        return False
+    return True

@@ -1,0 +1,94 @@
+"""A saved model: ``DetectorConfig`` + scorer <-> model folder (format 3; formats 1 and 2 still load).
+
+Format 3 ``detector.json``: the ``DetectorConfig`` fields, ``format_version``, ``scorer_config`` (the
+scorer's ``settings()``) and the checksums; one safetensors file per entry of the scorer's
+``tensors()`` (pattern: generator + comparator; memory: memory). Format 1 (pattern models, e.g. the
+built-in default) kept the pattern settings at the top level; format 2 (memory models) kept them
+under ``memory`` beside an unused generator and comparator, which are no longer read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from patchloupe.config import DetectorConfig
+from patchloupe.model_folder import ModelError, read_model_folder, write_model_folder
+from patchloupe.scorers import scorer_class
+from patchloupe.scorers.base import Scorer
+
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+_COMMON = ("image_size", "grid", "threshold", "false_alarm_rate", "scorer", "calibration", "training")
+
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "default_model_dir", "read_model", "write_model"]
+
+
+def default_model_dir() -> Path:
+    """The folder of the built-in default model shipped inside the package."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def _split_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``detector.json`` of any readable format -> (DetectorConfig kwargs, scorer settings)."""
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ModelError(
+            f"model format version {version!r} is not supported (this patchloupe reads {READABLE_VERSIONS})"
+        )
+    scorer = meta.get("scorer", "pattern")
+    need = ["image_size", "grid", "threshold", "false_alarm_rate"]
+    if version == 1:
+        need += ["directions", "generator", "comparator"]
+    elif version == 2 and scorer == "memory":
+        need += ["memory"]
+    elif version == 3:
+        need += ["scorer", "scorer_config"]
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise ModelError(f"detector.json lacks {missing}")
+    common = {k: meta[k] for k in _COMMON if k in meta}
+    if version == 3:
+        settings = meta["scorer_config"]
+    elif scorer == "memory":
+        settings = meta["memory"]
+    else:
+        settings = {k: meta[k] for k in ("directions", "score_temperature", "generator", "comparator") if k in meta}
+    if not isinstance(settings, dict):
+        raise ModelError("detector.json: the scorer settings must be a JSON object")
+    return common, settings
+
+
+def _entries(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The tensor entries the saved scorer needs."""
+    try:
+        return scorer_class(meta.get("scorer", "pattern")).entries
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"detector.json: {exc}") from exc
+
+
+def read_model(path: str | os.PathLike[str] | None = None) -> tuple[DetectorConfig, Scorer]:
+    """Load a model folder (the built-in default model when ``path`` is None); any failure is a ``ModelError``."""
+    folder = Path(path) if path is not None else default_model_dir()
+    meta, tensors = read_model_folder(folder, required=_entries)
+    common, settings = _split_meta(meta)
+    try:
+        config = DetectorConfig(**common)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{str(folder)!r}: detector.json holds an invalid configuration ({exc})") from exc
+    cls = scorer_class(config.scorer)
+    try:
+        scorer = cls.from_saved(settings, tensors, config.image_size, config.grid)
+    except (RuntimeError, TypeError, KeyError, ValueError, IndexError) as exc:
+        detail = str(exc) if len(str(exc)) < 400 else str(exc)[:400] + " ..."
+        raise ModelError(f"{str(folder)!r}: the scorer settings and weights do not fit ({detail})") from exc
+    return config, scorer
+
+
+def write_model(
+    path: str | os.PathLike[str], config: DetectorConfig, scorer: Scorer, weights_dtype: Any = None
+) -> Path:
+    """Write ``config`` and ``scorer`` as a format-3 model folder (atomic; see ``patchloupe.model_folder``)."""
+    meta = {"format_version": FORMAT_VERSION, **config.to_dict(), "scorer_config": scorer.settings()}
+    return write_model_folder(path, meta, scorer.tensors(), weights_dtype=weights_dtype)

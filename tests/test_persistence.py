@@ -1,0 +1,118 @@
+"""Model folders: format 3 round trip, and folders written by the previous release (formats 1 and 2)
+load and score as that release scored them (reference scores recorded with it in tests/fixtures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from patchloupe import Detector
+from patchloupe.model_folder import ModelError
+from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.models.generator import build_generator
+from patchloupe.persistence import FORMAT_VERSION, _split_meta, read_model
+from patchloupe.scorers.memory import FeatureMemory, MemoryConfig
+from safetensors.torch import save_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE = json.loads((FIXTURES / "legacy_scores.json").read_text())
+
+
+def _images(seed: int, n: int, shape: tuple[int, int]) -> list[np.ndarray]:
+    """Striped surfaces, every second one with a dark block (the images the reference was scored on)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(shape[1])
+    out = []
+    for i in range(n):
+        base = 128 + 50 * np.sin(2 * np.pi * (x[None, :] + i) / 8.0) + rng.normal(0, 6, shape)
+        im = np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        if i % 2:
+            im[10:20, 12:24] = 20
+        out.append(im)
+    return out
+
+
+def _legacy_networks() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return build_generator("tiny"), PatternComparator(ComparatorConfig())
+
+
+def _write_legacy(folder: Path, meta_name: str, states: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """A model folder laid out as the previous release wrote it: its detector.json and one file per network."""
+    folder.mkdir()
+    (folder / "detector.json").write_text((FIXTURES / meta_name).read_text())
+    for name, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"{name}.safetensors"))
+    return folder
+
+
+def _check(det: Detector, ref: dict, test: list[np.ndarray]) -> None:
+    results = [det.inspect(im) for im in test]
+    np.testing.assert_allclose([r.score for r in results], ref["scores"], atol=1e-5)
+    np.testing.assert_allclose([r.patch_scores for r in results], ref["patch_scores"], atol=1e-5)
+    np.testing.assert_allclose(
+        [float(r.anomaly_map.astype(np.float64).sum()) for r in results], ref["map_sums"], rtol=1e-4
+    )
+    assert [int(r.mask.sum()) for r in results] == ref["mask_sums"]
+
+
+@pytest.fixture(scope="module")
+def test_images() -> list[np.ndarray]:
+    return _images(7, 4, (80, 72))
+
+
+def test_format1_pattern_folder_scores_as_the_previous_release(tmp_path: Path, test_images: list) -> None:
+    gen, comp = _legacy_networks()
+    folder = _write_legacy(
+        tmp_path / "v1", "legacy_pattern_v1.json", {"generator": gen.state_dict(), "comparator": comp.state_dict()}
+    )
+    det = Detector.load(folder)
+    _check(det, REFERENCE["pattern_v1"], test_images)
+    resaved = Detector.load(det.save(tmp_path / "v3"))  # re-saved as format 3: same scores
+    assert json.loads((tmp_path / "v3" / "detector.json").read_text())["format_version"] == FORMAT_VERSION
+    _check(resaved, REFERENCE["pattern_v1"], test_images)
+
+
+def test_format2_memory_folder_scores_as_the_previous_release(tmp_path: Path, test_images: list) -> None:
+    gen, comp = _legacy_networks()
+    train = _images(1, 6, (64, 64))
+    torch.set_num_threads(1)
+    mem = FeatureMemory.build(train, (64, 64), MemoryConfig(coreset_fraction=0.5), seed=0)
+    states = {"generator": gen.state_dict(), "comparator": comp.state_dict(), "memory": mem.state_dict()}
+    folder = _write_legacy(tmp_path / "v2", "legacy_memory_v2.json", states)
+    det = Detector.load(folder)
+    _check(det, REFERENCE["memory_v2"], test_images)
+    v3 = det.save(tmp_path / "v3")
+    assert sorted(p.name for p in v3.glob("*.safetensors")) == ["memory.safetensors"]  # no unused networks
+    _check(Detector.load(v3), REFERENCE["memory_v2"], test_images)
+
+
+def test_the_built_in_default_model_scores_as_the_previous_release(test_images: list) -> None:
+    _check(Detector.load(), REFERENCE["default"], test_images)
+
+
+def test_read_model_refuses_bad_versions_and_fields(tmp_path: Path) -> None:
+    for meta in ({"format_version": 999}, {"format_version": True}, {}):
+        with pytest.raises(ModelError, match="version"):
+            _split_meta(meta)
+    with pytest.raises(ModelError, match="lacks"):
+        _split_meta({"format_version": 3, "image_size": [64, 64]})
+    gen, comp = _legacy_networks()
+    folder = _write_legacy(
+        tmp_path / "v1", "legacy_pattern_v1.json", {"generator": gen.state_dict(), "comparator": comp.state_dict()}
+    )
+    meta = json.loads((folder / "detector.json").read_text())
+    cases = [
+        ("threshold", float("nan")), ("threshold", "abc"), ("threshold", [0.5]), ("threshold", 2),
+        ("grid", [4.7, 4.7]), ("grid", [4]), ("image_size", [1e9, 1e9]), ("image_size", [4096, 4096]),
+        ("score_temperature", 1e300), ("score_temperature", 1e-300), ("directions", ["ltr", "ltr"]),
+        ("scorer", ["pattern"]),
+    ]  # fmt: skip
+    for key, value in cases:
+        bad = dict(meta, **{key: value})
+        (folder / "detector.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match=key):
+            read_model(folder)
