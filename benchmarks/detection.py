@@ -188,7 +188,7 @@ def section_choice(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]
     rows = []
     for name, folder in folders:
         _, hold = split_holdout(collect_images(folder), 0.2, args.seed)
-        scorer, ratios, _ = choose_scorer(base.generator, hold, base.config.image_size)
+        scorer, ratios, _ = choose_scorer(base.scorer.generator, hold, base.config.image_size)
         rows.append({"data": name, "scorer": scorer, "prediction_error_ratio": ratios})
         log.info("choice %s", rows[-1])
     return rows

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from patchloupe.memory import FeatureMemory
+    from patchloupe.scorers.memory import FeatureMemory
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
@@ -37,7 +37,7 @@ TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 def main(argv: list[str] | None = None) -> int:
     from patchloupe.data.mvtec import MVTecCategory
-    from patchloupe.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
+    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
     from patchloupe.models.backbone import load_backbone
     from patchloupe.preprocess import load_rgb
 
@@ -117,7 +117,7 @@ def _context_rows(
     masks: list[np.ndarray],
 ) -> list[dict]:
     """Fine map, context map and the product's rescaled map of ``FeatureMemory.build`` on all ``train``."""
-    from patchloupe.memory import FeatureMemory, MemoryConfig, to_batch
+    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, to_batch
     from patchloupe.preprocess import resize_for_model
 
     taps = tuple(int(t) for t in args.context.split(","))
@@ -168,7 +168,7 @@ def _scores(bl: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict
 
 def _features(mem: FeatureMemory, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
     """Locally aggregated features ``(N, C, h, w)`` of RGB uint8 images resized to ``size``."""
-    from patchloupe.memory import to_batch
+    from patchloupe.scorers.memory import to_batch
     from patchloupe.preprocess import resize_for_model
 
     batches = [images[i : i + 16] for i in range(0, len(images), 16)]
