@@ -193,3 +193,42 @@ def test_load_errors(tmp_path: Path) -> None:
     (bad / "detector.json").write_text("{not json")
     with pytest.raises(ModelError):
         Detector.load(bad)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1), (2, 3, 3), (3, 200, 3), (250, 1)])
+def test_images_smaller_than_the_grid_follow_the_input_policy(shape: tuple[int, ...]) -> None:
+    det = _fake_detector()
+    img = np.full(shape, 100, np.uint8)
+    r = det.inspect(img)
+    assert r.anomaly_map.shape == shape[:2] and r.mask.shape == shape[:2]
+    good = np.full((128, 128, 3), 90, np.uint8)
+    results = list(det.inspect_many([good, img, good]))
+    assert all(x.ok for x in results) and results[1].anomaly_map.shape == shape[:2]
+
+
+def test_inspect_many_refuses_a_single_path_or_image() -> None:
+    det = _fake_detector()
+    for single in ("part.png", Path("part.png"), b"part.png", np.zeros((8, 8, 3), np.uint8)):
+        with pytest.raises(TypeError, match="iterable of images"):
+            det.inspect_many(single)
+    batch = np.full((2, 128, 128, 3), 90, np.uint8)  # a 4-d array is a batch of images
+    assert len(list(det.inspect_many(batch))) == 2
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            det.inspect_many([batch[0]], batch_size=bad)
+
+
+def test_calibrate_from_scores_refuses_nan_and_out_of_range() -> None:
+    det = _fake_detector()
+    for bad in ([0.3, 0.4, float("nan")], [float("nan")] * 3, [0.3, 1.5], [-0.1, 0.2], ["a"], [float("inf")]):
+        with pytest.raises(ValueError):
+            det.calibrate_from_scores(bad)
+    assert det.threshold == 0.5  # a refused calibration changes nothing
+
+
+def test_save_refuses_non_float_weight_dtypes(tmp_path: Path) -> None:
+    det = _fake_detector()
+    for dtype in (torch.int8, torch.int64, torch.bool, "float16"):
+        with pytest.raises(ValueError, match="weights_dtype"):
+            det.save(tmp_path / "m", weights_dtype=dtype)
+    assert not (tmp_path / "m").exists()

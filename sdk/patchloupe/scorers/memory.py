@@ -78,8 +78,8 @@ class MemoryConfig:
             raise ValueError(f"sampling must be 'greedy' or 'random', got {self.sampling!r}")
         if not float(self.blur_sigma) >= 0.0:
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
-        if not (math.isfinite(float(self.scale)) and float(self.scale) > 0.0):
-            raise ValueError(f"scale must be positive, got {self.scale}")
+        if not (math.isfinite(float(self.scale)) and 1e-6 <= float(self.scale) <= 1e6):
+            raise ValueError(f"scale must be a positive number in [1e-6, 1e6], got {self.scale}")
 
     @property
     def trunk_taps(self) -> tuple[int, ...]:
