@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
-from patchloupe.train.common import CheckpointManager
+from patchloupe.train.checkpoint import CheckpointManager
 from patchloupe.train.stage2 import (
     comparator_loss,
     downsample_mask,
