@@ -158,3 +158,19 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     # bit-for-bit: same data, same per-step seeds, same AdamW moments and step counts, same thread count
     for (k, a), b in zip(reference.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_train_generator_config_object_equals_keywords() -> None:
+    from patchloupe.train.stage1 import GeneratorTrainConfig, train_generator
+
+    imgs = stripes(2)
+    kw = dict(image_size=(64, 64), grid=(4, 4), steps=3, batch_size=2, seed=4, progress=False, log_every=1)
+    g1, g2, g3 = _tiny_generator(), _tiny_generator(), _tiny_generator()
+    r1 = train_generator(g1, imgs, **kw)
+    r2 = train_generator(g2, imgs, GeneratorTrainConfig(**kw))
+    r3 = train_generator(g3, imgs, config=GeneratorTrainConfig(**{**kw, "steps": 1}), steps=3)  # keywords win
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history] == [h["loss"] for h in r3.history]
+    for a, b, c in zip(g1.state_dict().values(), g2.state_dict().values(), g3.state_dict().values(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        train_generator(_tiny_generator(), imgs, stepz=3)
