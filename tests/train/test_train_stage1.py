@@ -5,13 +5,10 @@ Everything runs the ``tiny`` generator on 64 x 64 images (4 x 4 grid of 16 px pa
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,48 +110,25 @@ def resume_generator() -> nn.Module:
     return build_generator("tiny", drop_path_rate=0.1)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_after_kill_matches_uninterrupted_run(train_process: Callable[[str], Any]) -> None:
     """Kill a checkpointing run mid-way (SIGKILL) in a subprocess, resume it in another, and compare
     the final weights with an uninterrupted run (in this process, same seed, one thread)."""
     from patchloupe.train.stage1 import train_generator
 
-    script = tmp_path / "run.py"
-    script.write_text(_RESUME_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error"}
-    ckpt = tmp_path / "ckpt"
+    run = train_process(_RESUME_SCRIPT.format(tests=str(Path(__file__).parent)))
+    killed_at = run.kill_after_checkpoint(run.launch("slow"), 4)
+    assert 4 <= killed_at < 12
 
-    def launch(mode: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, str(script), str(ckpt), mode]
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    victim = launch("slow")
-    mgr = CheckpointManager(ckpt)
-    deadline = time.monotonic() + 120
-    while (mgr.latest_step() or 0) < 4:
-        if victim.poll() is not None:
-            out = victim.stdout.read().decode() if victim.stdout else ""
-            pytest.fail(f"run ended before a checkpoint appeared:\n{out}")
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    if victim.stdout is not None:
-        victim.stdout.close()
-    assert victim.returncode == -signal.SIGKILL
-    killed_at = mgr.latest_step()
-    assert killed_at is not None and 4 <= killed_at < 12
-
-    resumed = launch("resume")
+    resumed = run.launch("resume")
     reference = resume_generator()
     ref = train_generator(reference, stripes(3), **RESUME_KW)  # meanwhile: the uninterrupted run
-    out, _ = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, out.decode()
-    start, steps = (int(v) for v in out.decode().split("RESULT")[1].split())
+    start, steps = run.result(resumed)
     assert start == killed_at and steps == 12 == ref.steps
+    mgr = CheckpointManager(run.ckpt)
     assert mgr.latest_step() == 12
 
     resumed_model = resume_generator()
-    CheckpointManager(ckpt).load(model=resumed_model)
+    mgr.load(model=resumed_model)
     # bit-for-bit: same data, same per-step seeds, same AdamW moments and step counts, same thread count
     for (k, a), b in zip(reference.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
