@@ -310,6 +310,8 @@ def pretrain(
 
     if preset is not None:
         settings["preset"] = preset
+    if config is not None and not isinstance(config, PretrainConfig):
+        raise TypeError(f"config must be a PretrainConfig, got {type(config).__name__}")
     cfg = PretrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
