@@ -278,7 +278,7 @@ def load_any_generator(args: argparse.Namespace) -> tuple[nn.Module, dict[str, A
 
     grid = (4, 4)
     if args.checkpoint:
-        from patchloupe.train.common import CheckpointManager
+        from patchloupe.train.checkpoint import CheckpointManager
 
         gen = build_generator(args.preset)
         ckpt = CheckpointManager(Path(args.checkpoint)).load(model=gen, restore_rng=False)

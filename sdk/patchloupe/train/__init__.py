@@ -2,15 +2,22 @@
 
 Modules:
 
-- :mod:`patchloupe.train.common`: weights I/O, atomic checkpoints, schedule, seeding, progress,
-  distributed helpers (shared by both stages).
-- :mod:`patchloupe.train.sampling`: :class:`TripletSampler` and grid-triplet helpers.
-- :mod:`patchloupe.train.stage1`: :func:`train_generator` (also under ``torchrun``).
+- :mod:`patchloupe.train.loop`: :class:`TrainingLoop`, the loop both trainers run (resume, LR schedule,
+  AMP, checkpoint cadence, progress, loss history), :class:`LoopConfig` and :class:`TrainResult`.
+- :mod:`patchloupe.train.stage1`: :func:`train_generator` (also under ``torchrun``),
+  :class:`GeneratorTrainConfig`, :func:`evaluate_prediction`.
+- :mod:`patchloupe.train.stage2`: :func:`train_comparator`, :class:`ComparatorTrainConfig`.
 - :mod:`patchloupe.train.pretrain`: generic pre-training on generated textures, and the packaged
   default generator (:func:`load_default_generator`).
-- :mod:`patchloupe.train.stage2`: comparator training.
+- :mod:`patchloupe.train.sampling`: :class:`TripletSampler` and grid-triplet helpers.
+- :mod:`patchloupe.train.weights`: :func:`save_weights` / :func:`load_weights` (safetensors + JSON).
+- :mod:`patchloupe.train.checkpoint`: :class:`CheckpointManager`, pickle-free state encoding.
+- :mod:`patchloupe.train.rng`, :mod:`~patchloupe.train.schedule`, :mod:`~patchloupe.train.progress`,
+  :mod:`~patchloupe.train.optim`, :mod:`~patchloupe.train.devices`, :mod:`~patchloupe.train.distributed`:
+  seeding, the LR schedule, the progress bar, AdamW groups, device/AMP choice, torchrun helpers.
 
-Heavy submodules are imported lazily on first attribute access.
+Nothing is imported eagerly: ``import patchloupe.train`` loads no torch; each name below is imported
+from its module on first attribute access.
 """
 
 from __future__ import annotations
@@ -18,48 +25,38 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from patchloupe.train.common import (
-    CheckpointError,
-    CheckpointManager,
-    Progress,
-    WeightsError,
-    init_distributed,
-    is_main_process,
-    load_weights,
-    save_weights,
-    seed_everything,
-    warmup_cosine,
-)
-from patchloupe.train.sampling import TripletBatch, TripletSampler, grid_triplets, image_triplets
-
 _LAZY = {
-    "TrainResult": "stage1",
-    "train_generator": "stage1",
-    "evaluate_prediction": "stage1",
-    "pretrain": "pretrain",
-    "default_generator_path": "pretrain",
-    "load_default_generator": "pretrain",
+    "CheckpointError": "checkpoint",
+    "CheckpointManager": "checkpoint",
+    "ComparatorTrainConfig": "stage2",
+    "GeneratorTrainConfig": "stage1",
+    "LoopConfig": "loop",
+    "PretrainConfig": "pretrain",
+    "Progress": "progress",
+    "TrainResult": "loop",
+    "TrainingLoop": "loop",
+    "TripletBatch": "sampling",
+    "TripletSampler": "sampling",
+    "WeightsError": "weights",
     "add_pretrain_arguments": "pretrain",
+    "default_generator_path": "pretrain",
+    "evaluate_prediction": "stage1",
+    "grid_triplets": "sampling",
+    "image_triplets": "sampling",
+    "init_distributed": "distributed",
+    "is_main_process": "distributed",
+    "load_default_generator": "pretrain",
+    "load_weights": "weights",
+    "pretrain": "pretrain",
     "run_pretrain": "pretrain",
+    "save_weights": "weights",
+    "seed_everything": "rng",
+    "train_comparator": "stage2",
+    "train_generator": "stage1",
+    "warmup_cosine": "schedule",
 }
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointManager",
-    "Progress",
-    "TripletBatch",
-    "TripletSampler",
-    "WeightsError",
-    "grid_triplets",
-    "image_triplets",
-    "init_distributed",
-    "is_main_process",
-    "load_weights",
-    "save_weights",
-    "seed_everything",
-    "warmup_cosine",
-    *_LAZY,
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -67,3 +64,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'patchloupe.train' has no attribute {name!r}")
     return getattr(importlib.import_module(f"patchloupe.train.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -22,6 +22,7 @@ pair that ships in ``patchloupe/weights/`` (:func:`default_generator_path`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.resources
 import json
 import logging
@@ -29,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +38,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from patchloupe.train.common import (
-    WeightsError,
-    cleanup_distributed,
-    derive_seed,
-    init_distributed,
-    load_weights,
-    resolve_device,
-    save_weights,
-)
+from patchloupe.train.devices import resolve_device
+from patchloupe.train.distributed import DistInfo, cleanup_distributed, init_distributed, unwrap_model
+from patchloupe.train.rng import derive_seed
 from patchloupe.train.sampling import TripletSampler
-from patchloupe.train.stage1 import TrainResult, evaluate_prediction, train_generator
+from patchloupe.train.stage1 import GeneratorTrainConfig, TrainResult, evaluate_prediction, train_generator
+from patchloupe.train.weights import WeightsError, load_weights, save_weights
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "GENERATOR_FORMAT",
+    "PretrainConfig",
     "add_pretrain_arguments",
     "default_generator_path",
     "evaluate_families",
@@ -143,8 +141,6 @@ def save_generator(
     "training": {...}}``. ``dtype`` (e.g. ``torch.float16``) stores floating tensors in a smaller type;
     :func:`load_generator` casts them back to the model's dtype.
     """
-    from patchloupe.train.common import unwrap_model
-
     model = unwrap_model(generator)
     state = model.state_dict()
     if dtype is not None:
@@ -169,7 +165,7 @@ def load_generator(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Read a pair written by :func:`save_generator` -> ``(PatternGenerator in eval mode, config dict)``.
 
-    Raises ``FileNotFoundError`` / :class:`~patchloupe.train.common.WeightsError` for missing, corrupt
+    Raises ``FileNotFoundError`` / :class:`~patchloupe.train.weights.WeightsError` for missing, corrupt
     or mismatched files.
     """
     from patchloupe.models.generator import GeneratorConfig, PatternGenerator
@@ -223,120 +219,165 @@ def load_default_generator(device: str | torch.device | None = "cpu") -> tuple[n
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """Settings of :func:`pretrain`.
+
+    ``preset``: generator preset (``paper``, ``edge``, ``tiny``). ``steps`` / ``batch_size`` (per rank) /
+    ``seed`` / ``lr``: the generator training (:class:`~patchloupe.train.stage1.GeneratorTrainConfig`).
+    ``n_images_per_family_style``: rendered training textures per (family, style) of ``families``
+    (default all). ``grid`` / ``image_size``: geometry (default ``grid x preset patch size``).
+    ``ckpt_every``: checkpoint interval (default ``steps // 20``); ``resume``: continue from the latest
+    checkpoint. ``threads``: ``torch.set_num_threads``. ``store_dtype``: stored weight dtype (fp16 by
+    default). ``eval_images_per_family_style > 0``: held-out PSNR per family in ``generator.json``.
+    """
+
+    preset: str = "edge"
+    steps: int = 8000
+    batch_size: int = 16
+    seed: int = 0
+    n_images_per_family_style: int = 32
+    grid: Sequence[int] = (4, 4)
+    image_size: Sequence[int] | None = None
+    families: Sequence[str] | None = None
+    lr: float = 1e-3
+    resume: bool = False
+    ckpt_every: int | None = None
+    threads: int | None = None
+    progress: bool = True
+    device: str | torch.device | None = None
+    distributed: bool | str = "auto"
+    store_dtype: torch.dtype | None = torch.float16
+    eval_images_per_family_style: int = 0
+
+    def __post_init__(self) -> None:
+        from patchloupe.models.generator import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown generator preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+
+    @property
+    def geometry(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(image_size, grid)`` as int pairs; the image size defaults to ``grid x preset patch size``."""
+        from patchloupe.models.generator import PRESETS
+
+        rows, cols = (int(v) for v in self.grid)
+        if self.image_size is None:
+            ph, pw = PRESETS[self.preset].patch_size
+            return (rows * ph, cols * pw), (rows, cols)
+        return (int(self.image_size[0]), int(self.image_size[1])), (rows, cols)
+
+    def generator_training(self, out_dir: str | os.PathLike[str]) -> GeneratorTrainConfig:
+        """The :func:`train_generator` settings (checkpoints in ``<out_dir>/checkpoints``)."""
+        return GeneratorTrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            ckpt_dir=Path(out_dir) / "checkpoints",
+            ckpt_every=max(1, self.steps // 20) if self.ckpt_every is None else self.ckpt_every,
+            resume=self.resume,
+            progress=self.progress,
+            device=self.device,
+            distributed=self.distributed,
+        )
+
+
 def pretrain(
     out_dir: str | os.PathLike[str],
-    preset: str = "edge",
+    preset: str | None = None,
     *,
-    steps: int = 8000,
-    batch_size: int = 16,
-    seed: int = 0,
-    n_images_per_family_style: int = 32,
-    grid: Sequence[int] = (4, 4),
-    image_size: Sequence[int] | None = None,
-    families: Sequence[str] | None = None,
-    lr: float = 1e-3,
-    resume: bool = False,
-    ckpt_every: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-    distributed: bool | str = "auto",
-    store_dtype: torch.dtype | None = torch.float16,
-    eval_images_per_family_style: int = 0,
+    config: PretrainConfig | None = None,
+    **settings: Any,
 ) -> TrainResult:
     """Pre-train a ``preset`` generator on generated textures and write ``<out_dir>/generator.*``.
 
-    ``image_size`` defaults to ``grid x preset patch size`` (``edge``: 4 x 4 x 64 px = 256 x 256).
-    Checkpoints go to ``<out_dir>/checkpoints`` every ``ckpt_every`` steps (default ``steps // 20``);
-    ``resume=True`` continues an interrupted run (same arguments) from the latest one. ``threads`` sets
-    ``torch.set_num_threads``. Under ``torchrun`` every rank trains on its own triplets of the same
-    images and rank 0 writes the files. Weights are stored as ``store_dtype`` (fp16 halves the
-    package size; the loss in prediction PSNR is below 0.01 dB, see docs/training.md).
+    Settings: a :class:`PretrainConfig` and/or its fields as keywords (keywords and ``preset`` override
+    the config's), e.g. ``pretrain(out, "edge", steps=8000)``. ``image_size`` defaults to ``grid x
+    preset patch size`` (``edge``: 4 x 4 x 64 px = 256 x 256). Checkpoints go to
+    ``<out_dir>/checkpoints`` every ``ckpt_every`` steps (default ``steps // 20``); ``resume=True``
+    continues an interrupted run (same arguments) from the latest one. Under ``torchrun`` every rank
+    trains on its own triplets of the same images and rank 0 writes the files. Weights are stored as
+    ``store_dtype`` (fp16 halves the package size; the loss in prediction PSNR is below 0.01 dB, see
+    docs/training.md).
 
     ``generator.json`` records ``preset``, ``generator`` (the config), ``image_size``, ``grid`` and
     ``training``: steps, batch size, world size, seed, lr, data (families, styles, images), total
     wall time (over resumes), final loss and the loss history; with
     ``eval_images_per_family_style > 0`` also held-out PSNR per family (:func:`evaluate_families`).
     """
-    from patchloupe.models.generator import PRESETS, build_generator
+    from patchloupe.models.generator import build_generator
 
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    if preset not in PRESETS:
-        raise ValueError(f"unknown generator preset {preset!r}; choose one of {sorted(PRESETS)}")
-    rows, cols = (int(v) for v in grid)
-    if image_size is None:
-        ph, pw = PRESETS[preset].patch_size
-        image_size = (rows * ph, cols * pw)
-    size = (int(image_size[0]), int(image_size[1]))
+    if preset is not None:
+        settings["preset"] = preset
+    if config is not None and not isinstance(config, PretrainConfig):
+        raise TypeError(f"config must be a PretrainConfig, got {type(config).__name__}")
+    cfg = PretrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    size, grid = cfg.geometry
     out = Path(out_dir)
-    info = init_distributed(required=distributed is True) if distributed in ("auto", True) else None
-    is_main = info is None or info.is_main
+    info = init_distributed(required=cfg.distributed is True) if cfg.distributed in ("auto", True) else DistInfo()
     try:
-        t0 = time.perf_counter()
-        images = pretrain_images(n_images_per_family_style, size, seed=seed, families=families)
-        data_s = time.perf_counter() - t0
-        if is_main:
-            logger.info("pre-training data: %d images %dx%d rendered in %.1f s", len(images), *size, data_s)
-        sampler = TripletSampler(
-            images, size, (rows, cols), directions=("ltr", "rtl"), column_wise=True, seed=seed, offset_jitter=True,
-            flips=True,
-        )  # fmt: skip
-        del images
-        torch.manual_seed(seed)
-        generator = build_generator(preset)
-        result = train_generator(
-            generator,
-            sampler,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            ckpt_dir=out / "checkpoints",
-            ckpt_every=max(1, steps // 20) if ckpt_every is None else ckpt_every,
-            resume=resume,
-            progress=progress,
-            device=device,
-            distributed=distributed,
-        )
-        if is_main:
-            fams = _family_styles(families)
-            training: dict[str, Any] = {
-                "steps": result.steps,
-                "batch_size": batch_size,
-                "world_size": info.world_size if info is not None else 1,
-                "seed": seed,
-                "lr": lr,
-                "loss": "mse",
-                "threads": torch.get_num_threads(),
-                "device": str(resolve_device(device)),
-                "torch": torch.__version__,
-                "data": {
-                    "source": "patchloupe.data.synth (all families and styles)",
-                    "families": sorted({f for f, _ in fams}),
-                    "family_styles": len(fams),
-                    "images_per_family_style": n_images_per_family_style,
-                    "images": sampler.images.shape[0],
-                    "augment": "scale 1-1.6x, channel permutation p=0.5, grey p=0.1, flips, grid jitter, columns",
-                },
-                "wall_s": round(result.total_wall_s, 1),
-                "final_loss": result.final_loss,
-                "history": [{"step": h["step"], "loss": round(h["loss"], 6)} for h in result.history],
-            }
-            if eval_images_per_family_style > 0:
+        sampler = _pretrain_sampler(cfg, size, grid, log=info.is_main)
+        torch.manual_seed(cfg.seed)
+        generator = build_generator(cfg.preset)
+        result = train_generator(generator, sampler, cfg.generator_training(out))
+        if info.is_main:
+            training = _training_record(cfg, result, sampler, info.world_size)
+            if cfg.eval_images_per_family_style > 0:
                 training["heldout"] = evaluate_families(
-                    generator, n_per_family_style=eval_images_per_family_style, image_size=size, grid=(rows, cols),
-                    seed=seed, families=families, device=device,
+                    generator, n_per_family_style=cfg.eval_images_per_family_style, image_size=size, grid=grid,
+                    seed=cfg.seed, families=cfg.families, device=cfg.device,
                 )  # fmt: skip
             save_generator(
-                generator, out, image_size=size, grid=(rows, cols), preset=preset, training=training, dtype=store_dtype
+                generator, out, image_size=size, grid=grid, preset=cfg.preset, training=training, dtype=cfg.store_dtype
             )
             logger.info("pre-trained generator written to %s (%d steps, final loss %.5g)", out, result.steps,
                         result.final_loss)  # fmt: skip
     finally:
-        if info is not None:
-            cleanup_distributed(info)
+        cleanup_distributed(info)
     return result
+
+
+def _pretrain_sampler(cfg: PretrainConfig, size: tuple[int, int], grid: tuple[int, int], log: bool) -> TripletSampler:
+    """Render the training textures and wrap them in the pre-training sampler (all four directions, jitter, flips)."""
+    t0 = time.perf_counter()
+    images = pretrain_images(cfg.n_images_per_family_style, size, seed=cfg.seed, families=cfg.families)
+    if log:
+        logger.info(
+            "pre-training data: %d images %dx%d rendered in %.1f s", len(images), *size, time.perf_counter() - t0
+        )
+    return TripletSampler(
+        images, size, grid, directions=("ltr", "rtl"), column_wise=True, seed=cfg.seed, offset_jitter=True, flips=True
+    )
+
+
+def _training_record(cfg: PretrainConfig, result: TrainResult, sampler: TripletSampler, world_size: int) -> dict:
+    """The ``training`` entry of ``generator.json``."""
+    fams = _family_styles(cfg.families)
+    return {
+        "steps": result.steps,
+        "batch_size": cfg.batch_size,
+        "world_size": world_size,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "loss": "mse",
+        "threads": torch.get_num_threads(),
+        "device": str(resolve_device(cfg.device)),
+        "torch": torch.__version__,
+        "data": {
+            "source": "patchloupe.data.synth (all families and styles)",
+            "families": sorted({f for f, _ in fams}),
+            "family_styles": len(fams),
+            "images_per_family_style": cfg.n_images_per_family_style,
+            "images": sampler.images.shape[0],
+            "augment": "scale 1-1.6x, channel permutation p=0.5, grey p=0.1, flips, grid jitter, columns",
+        },
+        "wall_s": round(result.total_wall_s, 1),
+        "final_loss": result.final_loss,
+        "history": [{"step": h["step"], "loss": round(h["loss"], 6)} for h in result.history],
+    }
 
 
 def evaluate_families(

@@ -31,11 +31,10 @@ predictions: use N well above ``batch_size`` (e.g. >= 50 batches' worth) for lon
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,13 +43,15 @@ from torch import nn
 
 from patchloupe.data.defects import DEFECT_KINDS, synthesize_defect
 from patchloupe.models.comparator import PatternComparator
-from patchloupe.train.common import CheckpointManager, Progress, derive_seed, warmup_cosine
+from patchloupe.train.loop import LoopConfig, StepOutput, TrainingLoop, TrainResult
+from patchloupe.train.optim import param_groups
+from patchloupe.train.rng import derive_seed
 from patchloupe.train.sampling import TripletSampler
-from patchloupe.train.stage1 import TrainResult, param_groups
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ComparatorTrainConfig",
     "TrainResult",
     "downsample_mask",
     "comparator_loss",
@@ -192,38 +193,66 @@ def _to_u8(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- training
+@dataclass(kw_only=True)
+class ComparatorTrainConfig(LoopConfig):
+    """Settings of :func:`train_comparator` (the schedule, checkpoint and progress ones are
+    :class:`~patchloupe.train.loop.LoopConfig`'s; ``lr`` defaults to 3e-3 and ``warmup`` to 5 % of
+    ``steps``, at most 100).
+
+    ``image_size`` / ``grid``: sampler geometry (required unless the images are a
+    :class:`TripletSampler`). ``batch_size``: pairs per step (>= 2). ``weight_decay``: AdamW decay on
+    weight matrices. ``seed``: keys all randomness. ``defect_prob``: share of each batch whose real
+    patch is defected, with a kind drawn from ``defect_kinds`` (default all ``DEFECT_KINDS``).
+    ``directions`` / ``offset_jitter``: see :class:`TripletSampler`. ``margin`` / ``mask_weight`` /
+    ``dice_weight``: see :func:`comparator_loss`. ``precompute``: size of the cached prediction pool
+    (0 = run the generator every step). ``device``: default the comparator's device.
+    """
+
+    lr: float = 3e-3
+    image_size: Sequence[int] | None = None
+    grid: Sequence[int] | None = None
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    seed: int = 0
+    defect_prob: float = 0.5
+    defect_kinds: Sequence[str] | None = None
+    directions: Sequence[str] = ("ltr", "rtl")
+    offset_jitter: bool | float = 0.5
+    margin: float = 1.0
+    mask_weight: float = 1.0
+    dice_weight: float = 1.0
+    precompute: int = 0
+    device: str | torch.device | None = None
+
+    warmup_cap: ClassVar[int] = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2")
+        if not 0.0 <= self.defect_prob <= 1.0:
+            raise ValueError(f"defect_prob must be in [0, 1], got {self.defect_prob}")
+        unknown = set(self.kinds) - set(DEFECT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown defect kinds {sorted(unknown)}; choose from {DEFECT_KINDS}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """``defect_kinds`` as a tuple, or all ``DEFECT_KINDS`` when not set."""
+        return tuple(self.defect_kinds) if self.defect_kinds else DEFECT_KINDS
+
+
 def train_comparator(
     comparator: PatternComparator,
     generator: nn.Module,
     images: Sequence[np.ndarray] | TripletSampler,
-    *,
-    image_size: Sequence[int] | None = None,
-    grid: Sequence[int] | None = None,
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    min_lr: float | None = None,
-    weight_decay: float = 1e-4,
-    warmup: int | None = None,
-    seed: int = 0,
-    defect_prob: float = 0.5,
-    defect_kinds: Sequence[str] | None = None,
-    directions: Sequence[str] = ("ltr", "rtl"),
-    offset_jitter: bool | float = 0.5,
-    margin: float = 1.0,
-    mask_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    precompute: int = 0,
-    progress: bool = True,
-    log_every: int | None = None,
-    ckpt_dir: str | os.PathLike[str] | None = None,
-    ckpt_every: int | None = None,
-    keep_checkpoints: int = 2,
-    resume: bool = False,
-    device: str | torch.device | None = None,
-    callback: Callable[[int, float], None] | None = None,
+    config: ComparatorTrainConfig | None = None,
+    **settings: Any,
 ) -> TrainResult:
     """Train ``comparator`` in place for ``steps`` optimiser steps (in total) against the frozen ``generator``.
+
+    Settings: a :class:`ComparatorTrainConfig` and/or its fields as keywords (keywords override the
+    config's); ``steps`` is required.
 
     ``images``: defect-free uint8 ``(H, W, 3)`` images (resized once to ``image_size`` = (H, W) and cut
     into ``grid`` = (rows, cols) patches ``(ph, pw)``, multiples of 4, >= 16) or a ready
@@ -249,148 +278,95 @@ def train_comparator(
     The generator is run in eval mode under ``no_grad`` (its mode is restored afterwards); the
     comparator ends in eval mode, on ``device`` (default: the comparator's device).
     ``callback(step, loss)`` runs after each optimiser step (1-based step count).
-    Returns stage 1's :class:`TrainResult`; ``history`` holds one ``{"step", "loss", "hinge", "mask",
+    Returns a :class:`TrainResult`; ``history`` holds one ``{"step", "loss", "hinge", "mask",
     "lr", "wall_s"}`` per ``log_every`` steps (default ``steps // 20`` clipped to [1, 100]).
     """
     t_start = time.perf_counter()
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    if batch_size < 2:
-        raise ValueError("batch_size must be >= 2")
-    if not 0.0 <= defect_prob <= 1.0:
-        raise ValueError(f"defect_prob must be in [0, 1], got {defect_prob}")
-    kinds = tuple(defect_kinds) if defect_kinds else DEFECT_KINDS
-    unknown = set(kinds) - set(DEFECT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown defect kinds {sorted(unknown)}; choose from {DEFECT_KINDS}")
-    min_lr = lr / 100.0 if min_lr is None else float(min_lr)
-    warmup = min(100, max(1, round(0.05 * steps))) if warmup is None else int(warmup)
-    log_every = max(1, min(100, steps // 20)) if log_every is None else max(1, int(log_every))
-    ckpt_every = max(1, steps // 10) if ckpt_every is None else max(1, int(ckpt_every))
-    dev = torch.device(device) if device is not None else next(comparator.parameters()).device
-
-    if isinstance(images, TripletSampler):
-        sampler = images
-    else:
-        if image_size is None or grid is None:
-            raise ValueError("image_size and grid are required unless images is a TripletSampler")
-        sampler = TripletSampler(
-            images, image_size=image_size, grid=grid, directions=directions, seed=seed, offset_jitter=offset_jitter
-        )
-    if sampler.ph % 4 or sampler.pw % 4 or min(sampler.ph, sampler.pw) < 16:
-        raise ValueError(f"patches of {sampler.ph}x{sampler.pw} px: the comparator needs multiples of 4, >= 16")
-
+    cfg = ComparatorTrainConfig.build(config, **settings)
+    dev = torch.device(cfg.device) if cfg.device is not None else next(comparator.parameters()).device
+    sampler = _sampler(images, cfg)
     comparator.to(dev)
     gen_was_training = generator.training
     generator.to(dev).eval()
-    pool = None
-    if precompute > 0:
-        t_pool = time.perf_counter()
-        pool = _PredictionPool(generator, sampler, int(precompute), dev, np.random.default_rng(derive_seed(seed, 3)))
-        logger.info("stage 2: cached %d generator predictions in %.1f s", len(pool), time.perf_counter() - t_pool)
+    try:
+        pool = None
+        if cfg.precompute > 0:
+            t_pool = time.perf_counter()
+            rng = np.random.default_rng(derive_seed(cfg.seed, 3))
+            pool = _PredictionPool(generator, sampler, int(cfg.precompute), dev, rng)
+            logger.info("stage 2: cached %d generator predictions in %.1f s", len(pool), time.perf_counter() - t_pool)
+        optimizer = torch.optim.AdamW(param_groups(comparator, cfg.weight_decay), lr=cfg.lr)
+        loop = TrainingLoop(
+            cfg, model=comparator, optimizer=optimizer, device=dev, run=_run_settings(cfg, sampler, comparator),
+            name="stage 2", desc="stage 2 (comparator)", log=logger, divergence_hint=f"lower lr ({cfg.lr})",
+            t_start=t_start,
+        )  # fmt: skip
+        kinds = cfg.kinds
 
-    optimizer = torch.optim.AdamW(param_groups(comparator, weight_decay), lr=lr)
-    run = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "lr": lr,
-        "min_lr": min_lr,
-        "warmup": warmup,
-        "weight_decay": weight_decay,
-        "defect_prob": defect_prob,
-        "defect_kinds": list(kinds),
-        "margin": margin,
-        "mask_weight": mask_weight,
-        "dice_weight": dice_weight,
-        "precompute": int(precompute),
+        def step_fn(step: int) -> StepOutput:
+            rng = np.random.default_rng(derive_seed(cfg.seed, 2, step))
+            if pool is not None:
+                pred, real = pool.sample(cfg.batch_size, rng)
+            else:
+                first, second, real = sampler.sample(cfg.batch_size, rng=rng)
+                with torch.no_grad():
+                    pred = generator(first.to(dev), second.to(dev)).float().clamp_(0.0, 1.0)
+            real, y, mask_full = make_defect_batch(real.float(), rng, cfg.defect_prob, kinds)
+            pred, real, y = pred.to(dev), real.to(dev), y.to(dev)
+            mask_t = downsample_mask(mask_full.to(dev))
+            logit, mask_logit = comparator.forward_logits(pred, real)
+            loss, parts = comparator_loss(
+                logit, mask_logit, y, mask_t, margin=cfg.margin, mask_weight=cfg.mask_weight,
+                dice_weight=cfg.dice_weight,
+            )  # fmt: skip
+            return StepOutput(loss, parts)
+
+        comparator.train()
+        result = loop.run(step_fn)
+    finally:
+        generator.train(gen_was_training)
+    comparator.eval()
+    return result
+
+
+def _sampler(images: Sequence[np.ndarray] | TripletSampler, cfg: ComparatorTrainConfig) -> TripletSampler:
+    """The triplet sampler of the run; its patches must suit the comparator (multiples of 4, >= 16 px)."""
+    if isinstance(images, TripletSampler):
+        sampler = images
+    else:
+        if cfg.image_size is None or cfg.grid is None:
+            raise ValueError("image_size and grid are required unless images is a TripletSampler")
+        sampler = TripletSampler(
+            images, image_size=cfg.image_size, grid=cfg.grid, directions=cfg.directions, seed=cfg.seed,
+            offset_jitter=cfg.offset_jitter,
+        )  # fmt: skip
+    if sampler.ph % 4 or sampler.pw % 4 or min(sampler.ph, sampler.pw) < 16:
+        raise ValueError(f"patches of {sampler.ph}x{sampler.pw} px: the comparator needs multiples of 4, >= 16")
+    return sampler
+
+
+def _run_settings(cfg: ComparatorTrainConfig, sampler: TripletSampler, comparator: PatternComparator) -> dict[str, Any]:
+    """The settings stored in each checkpoint (a resume with different ones is warned about)."""
+    return {
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "min_lr": cfg.final_lr,
+        "warmup": cfg.warmup_steps,
+        "weight_decay": cfg.weight_decay,
+        "defect_prob": cfg.defect_prob,
+        "defect_kinds": list(cfg.kinds),
+        "margin": cfg.margin,
+        "mask_weight": cfg.mask_weight,
+        "dice_weight": cfg.dice_weight,
+        "precompute": int(cfg.precompute),
         "image_size": [sampler.height, sampler.width],
         "grid": [sampler.rows, sampler.cols],
         "directions": list(sampler.directions),
         "n_images": len(sampler),
         "comparator": comparator.config.to_dict(),
     }
-    manager = CheckpointManager(ckpt_dir, keep=keep_checkpoints) if ckpt_dir is not None else None
-    start, history, wall_before = 0, [], 0.0
-    if resume and manager is not None and manager.latest_step() is not None:
-        ckpt = manager.load(model=comparator, optimizer=optimizer, restore_rng=False)
-        start = ckpt.step
-        history = list(ckpt.extra.get("history", []))
-        wall_before = float(ckpt.extra.get("wall_s", 0.0))
-        saved = ckpt.extra.get("run", {})
-        changed = {k: (saved.get(k), v) for k, v in run.items() if k in saved and saved.get(k) != v}
-        if changed:
-            logger.warning("resuming with changed settings %s: the run will differ from an uninterrupted one", changed)
-        logger.info("stage 2: resumed from %s at step %d/%d", ckpt.path, start, steps)
-    elif resume:
-        logger.info("stage 2: resume requested but no checkpoint in %s: starting from step 0", ckpt_dir)
-
-    last_ckpt: Path | None = None
-    window: list[dict[str, float]] = []
-    final_loss = history[-1]["loss"] if history else math.nan
-    comparator.train()
-    bar = Progress(
-        steps, initial=start, desc="stage 2 (comparator)", enabled=progress, log_every=log_every, log_to=logger
-    )
-    try:
-        for step in range(start, steps):
-            lr_now = warmup_cosine(step, steps, warmup, lr, min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            rng = np.random.default_rng(derive_seed(seed, 2, step))
-            if pool is not None:
-                pred, real = pool.sample(batch_size, rng)
-            else:
-                first, second, real = sampler.sample(batch_size, rng=rng)
-                with torch.no_grad():
-                    pred = generator(first.to(dev), second.to(dev)).float().clamp_(0.0, 1.0)
-            real, y, mask_full = make_defect_batch(real.float(), rng, defect_prob, kinds)
-            pred, real, y = pred.to(dev), real.to(dev), y.to(dev)
-            mask_t = downsample_mask(mask_full.to(dev))
-
-            logit, mask_logit = comparator.forward_logits(pred, real)
-            loss, parts = comparator_loss(
-                logit, mask_logit, y, mask_t, margin=margin, mask_weight=mask_weight, dice_weight=dice_weight
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-            done = step + 1
-            window.append(parts)
-            if callback is not None:
-                callback(done, parts["loss"])
-            if done % log_every == 0 or done == steps:
-                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "hinge", "mask")}
-                if not math.isfinite(mean["loss"]):
-                    raise FloatingPointError(f"stage 2 loss became {mean['loss']} at step {done}: lower lr ({lr})")
-                final_loss = mean["loss"]
-                elapsed = wall_before + time.perf_counter() - t_start
-                history.append({"step": done, **mean, "lr": lr_now, "wall_s": round(elapsed, 3)})
-                window = []
-                bar.update(1, **mean, lr=lr_now)
-            else:
-                bar.update(1)
-            if manager is not None and (done % ckpt_every == 0 or done == steps):
-                extra = {"run": run, "history": history, "wall_s": wall_before + time.perf_counter() - t_start}
-                last_ckpt = manager.save(done, model=comparator, optimizer=optimizer, extra=extra, rng=False)
-    finally:
-        bar.close()
-        generator.train(gen_was_training)
-    comparator.eval()
-    if manager is not None and last_ckpt is None and start >= steps:
-        last_ckpt = manager.directory / f"{manager.name_for(start)}.json"
-    wall = time.perf_counter() - t_start
-    logger.info("stage 2 done: %d steps, final loss %.4g, %.1f s", max(start, steps), final_loss, wall)
-    return TrainResult(
-        steps=max(start, steps),
-        final_loss=float(final_loss),
-        wall_s=wall,
-        history=history,
-        start_step=start,
-        checkpoint=last_ckpt,
-        total_wall_s=wall_before + wall,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- inference

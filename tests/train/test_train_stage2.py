@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
-from patchloupe.train.common import CheckpointManager
+from patchloupe.train.checkpoint import CheckpointManager
 from patchloupe.train.stage2 import (
     comparator_loss,
     downsample_mask,
@@ -259,3 +260,46 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     # resuming a finished run does nothing
     again = train_comparator(resumed, tiny_generator, images, ckpt_dir=ckpt, resume=True, **kw)
     assert again.start_step == 6 and again.steps == 6
+
+
+RESUME_KW: dict[str, Any] = dict(image_size=IMAGE_SIZE, grid=GRID, steps=10, batch_size=6, seed=3, progress=False)
+
+_RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_train_stage2 import RESUME_KW, _Copy, resume_comparator, textures
+    from patchloupe.train.stage2 import train_comparator
+
+    ckpt, mode = sys.argv[1], sys.argv[2]
+    slow = (lambda step, loss: time.sleep(0.5) if step >= 4 else None) if mode == "slow" else None
+    r = train_comparator(resume_comparator(), _Copy(), textures(2, seed=5), ckpt_dir=ckpt, ckpt_every=2,
+                         resume=mode == "resume", callback=slow, **RESUME_KW)
+    print("RESULT", r.start_step, r.steps, flush=True)
+    """
+)
+
+
+def resume_comparator() -> PatternComparator:
+    torch.manual_seed(7)
+    return PatternComparator(SMALL)
+
+
+@pytest.mark.slow  # two subprocesses; test_resume_continues_exactly covers the same logic in-process
+def test_resume_after_kill_matches_uninterrupted_run(train_process: Callable[[str], Any]) -> None:
+    """As stage 1's: SIGKILL a checkpointing run, resume it in a new process, compare bit-for-bit."""
+    run = train_process(_RESUME_SCRIPT.format(tests=str(Path(__file__).parent)))
+    killed_at = run.kill_after_checkpoint(run.launch("slow"), 4)
+    assert 4 <= killed_at < 10
+
+    resumed = run.launch("resume")
+    reference = resume_comparator()
+    ref = train_comparator(reference, _Copy(), textures(2, seed=5), **RESUME_KW)  # meanwhile: uninterrupted
+    start, steps = run.result(resumed)
+    assert start == killed_at and steps == 10 == ref.steps
+    loaded = CheckpointManager(run.ckpt).load(model=(resumed_model := resume_comparator()), restore_rng=False)
+    assert loaded.step == 10 and loaded.extra["history"][-1]["loss"] == ref.final_loss
+    for (k, a), b in zip(reference.state_dict().items(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

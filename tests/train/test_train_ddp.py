@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from patchloupe.train.common import CheckpointManager, load_weights
+from patchloupe.train.checkpoint import CheckpointManager
+from patchloupe.train.weights import load_weights
 
 _WORKER = textwrap.dedent(
     """
@@ -21,7 +22,7 @@ _WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train_stage1 import stripes
     from patchloupe.models.generator import build_generator
-    from patchloupe.train.common import save_weights
+    from patchloupe.train.weights import save_weights
     from patchloupe.train.stage1 import train_generator
 
     out = sys.argv[1]
