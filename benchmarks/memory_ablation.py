@@ -37,9 +37,9 @@ TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"
 
 def main(argv: list[str] | None = None) -> int:
     from patchloupe.data.mvtec import MVTecCategory
-    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
     from patchloupe.models.backbone import load_backbone
     from patchloupe.preprocess import load_rgb
+    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _gaussian_blur, greedy_coreset
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(TILE))
@@ -117,8 +117,8 @@ def _context_rows(
     masks: list[np.ndarray],
 ) -> list[dict]:
     """Fine map, context map and the product's rescaled map of ``FeatureMemory.build`` on all ``train``."""
-    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, to_batch
     from patchloupe.preprocess import resize_for_model
+    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, to_batch
 
     taps = tuple(int(t) for t in args.context.split(","))
     rows = []
@@ -168,8 +168,8 @@ def _scores(bl: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict
 
 def _features(mem: FeatureMemory, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
     """Locally aggregated features ``(N, C, h, w)`` of RGB uint8 images resized to ``size``."""
-    from patchloupe.scorers.memory import to_batch
     from patchloupe.preprocess import resize_for_model
+    from patchloupe.scorers.memory import to_batch
 
     batches = [images[i : i + 16] for i in range(0, len(images), 16)]
     return torch.cat([mem.features(to_batch([resize_for_model(im, size) for im in b])) for b in batches])
