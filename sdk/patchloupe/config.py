@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchloupe.preprocess import check_geometry
+from patchloupe.windows import InputPolicy
 
 __all__ = ["MAX_IMAGE_SIDE", "DetectorConfig", "check_threshold"]
 
@@ -34,7 +35,8 @@ class DetectorConfig:
 
     ``image_size`` (H, W) is the size images are resized to; ``grid`` (rows, cols) the patch grid of
     ``patch_map``; ``threshold`` the image / patch score threshold; ``scorer`` the registered name of the
-    scorer (``patchloupe.scorers.SCORERS``). ``calibration`` and ``training`` are free-form records.
+    scorer (``patchloupe.scorers.SCORERS``); ``input_policy`` how inputs far from the model's shape are
+    windowed (``patchloupe.windows``). ``calibration`` and ``training`` are free-form records.
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -42,6 +44,7 @@ class DetectorConfig:
     threshold: float = 0.5
     false_alarm_rate: float = 0.01
     scorer: str = "pattern"
+    input_policy: InputPolicy = field(default_factory=InputPolicy)
     calibration: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +63,8 @@ class DetectorConfig:
         self.false_alarm_rate = float(far)
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {tuple(SCORERS)}, got {self.scorer!r}")
+        if not isinstance(self.input_policy, InputPolicy):
+            self.input_policy = InputPolicy.from_dict(self.input_policy)
         for name in ("calibration", "training"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}")
@@ -71,6 +76,7 @@ class DetectorConfig:
             "threshold": float(self.threshold),
             "false_alarm_rate": float(self.false_alarm_rate),
             "scorer": self.scorer,
+            "input_policy": self.input_policy.to_dict(),
             "calibration": self.calibration,
             "training": self.training,
         }

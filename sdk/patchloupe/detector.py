@@ -98,7 +98,8 @@ class Detector:
             >>> r.score, r.is_anomalous, r.anomaly_map.shape, r.mask.any()  # doctest: +SKIP
         """
         thr = self._threshold(threshold)
-        return next(pipeline.run(self.scorer, [image], thr, bgr, keep_image, batch_size=1, on_error="raise"))
+        policy = self.config.input_policy
+        return next(pipeline.run(self.scorer, [image], thr, bgr, keep_image, 1, "raise", policy))
 
     def inspect_many(
         self,
@@ -128,7 +129,7 @@ class Detector:
         if on_error not in ("report", "raise"):
             raise ValueError(f"on_error must be 'report' or 'raise', got {on_error!r}")
         thr = self._threshold(threshold)
-        return pipeline.run(self.scorer, images, thr, bgr, keep_image, batch_size, on_error)
+        return pipeline.run(self.scorer, images, thr, bgr, keep_image, batch_size, on_error, self.config.input_policy)
 
     def stream(self, source: Any, **kwargs: Any) -> Iterator[Any]:
         """Inspect a live or finite source (see ``patchloupe.stream.stream``) as frames arrive."""

@@ -20,6 +20,7 @@ from patchloupe.config import DetectorConfig
 from patchloupe.persistence import read_model
 from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
 from patchloupe.scorers.base import Scorer
+from patchloupe.windows import InputPolicy, cut, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,28 @@ def choose_scorer(
     return scorer, ratios, choice
 
 
+def window_views(
+    images: Sequence[np.ndarray], size: tuple[int, int], grid: tuple[int, int], policy: InputPolicy
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """What the model sees of each image under ``policy``: the image itself (resized later) or its
+    windows at the model size; returns the views and the index of the image each view came from."""
+    views: list[np.ndarray] = []
+    groups: list[int] = []
+    for i, im in enumerate(images):
+        plan = plan_windows(im.shape[:2], size, grid, policy)
+        parts = [im] if plan is None else cut(im, plan, size, grid)
+        views += parts
+        groups += [i] * len(parts)
+    return views, np.asarray(groups, dtype=np.int64)
+
+
+def _per_image_max(scores: Sequence[float], groups: np.ndarray) -> np.ndarray:
+    """View scores -> image scores (the maximum over each image's views, as ``inspect`` computes them)."""
+    out = np.full(int(groups.max()) + 1 if len(groups) else 0, -np.inf)
+    np.maximum.at(out, groups, np.asarray(scores, dtype=np.float64))
+    return out
+
+
 def _base_scorer(base: Any) -> Scorer:
     """The pattern scorer to start from: a model folder, an object holding a ``scorer`` (a Detector), or
     the built-in default model (None)."""
@@ -145,6 +168,7 @@ def fit_detector(
     progress: bool = True,
     device: Any = None,
     coreset_fraction: float = 0.1,
+    input_policy: InputPolicy | dict[str, Any] | None = None,
 ) -> tuple[DetectorConfig, Scorer]:
     """Train a detector from defect-free images; returns ``(config, scorer)`` (``Detector.fit`` wraps them).
 
@@ -160,7 +184,9 @@ def fit_detector(
     ``scorer="auto"`` (default) measures how well the base generator predicts held-out patches
     compared with copying a neighbour and takes the memory scorer when that ratio is
     ``>= AUTO_MEMORY_RATIO`` at every grid candidate, the pattern scorer otherwise;
-    ``config.training["scorer_choice"]`` records the decision.
+    ``config.training["scorer_choice"]`` records the decision. ``input_policy``
+    (``patchloupe.windows.InputPolicy``; default: windows only for images whose aspect ratio is far from
+    the model's) decides what the model sees of each training image, as it does at inspection.
     """
     t_start = time.perf_counter()
     imgs = collect_images(images)
@@ -174,6 +200,7 @@ def fit_detector(
         raise ValueError(f"scorer must be 'auto', 'pattern' or 'memory', got {scorer!r}")
     if isinstance(grid, str) and grid != "auto":
         raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
+    policy = input_policy if isinstance(input_policy, InputPolicy) else InputPolicy.from_dict(input_policy or {})
     base_scorer = _base_scorer(base)
     size = tuple(image_size) if image_size is not None else tuple(base_scorer.image_size)
     train, hold = split_holdout(imgs, holdout, seed)
@@ -183,9 +210,12 @@ def fit_detector(
         from patchloupe.scorers.memory import fit_memory
 
         chosen = MEMORY_GRID if isinstance(grid, str) else (int(grid[0]), int(grid[1]))
-        fitted, hold_scores, extra = fit_memory(
-            train, hold, size, chosen, coreset_fraction=coreset_fraction, seed=seed, progress=progress
+        train_views, _ = window_views(train, size, chosen, policy)
+        hold_views, groups = window_views(hold, size, chosen, policy)
+        fitted, view_scores, extra = fit_memory(
+            train_views, hold_views, size, chosen, coreset_fraction=coreset_fraction, seed=seed, progress=progress
         )
+        hold_scores = _per_image_max(view_scores, groups)
         record.update(scorer_choice=choice, **extra)
     else:
         from patchloupe.scorers.pattern import fit_pattern
@@ -196,18 +226,20 @@ def fit_detector(
             log.info("grid choice by held-out prediction error ratio: %s -> %s", ratios, best)
         else:
             chosen = (int(grid[0]), int(grid[1]))
+        train_views, _ = window_views(train, size, chosen, policy)
         fitted, extra = fit_pattern(
-            base_scorer, train, size, chosen, generator_steps=generator_steps, comparator_steps=comparator_steps,
+            base_scorer, train_views, size, chosen, generator_steps=generator_steps, comparator_steps=comparator_steps,
             batch_size=batch_size, seed=seed, progress=progress, device=device,
         )  # fmt: skip
         if device is not None:
             fitted.to(device)
-        hold_scores = fitted.image_scores([resize_for_model(im, size) for im in hold])
+        hold_views, groups = window_views(hold, size, chosen, policy)
+        hold_scores = _per_image_max(fitted.image_scores([resize_for_model(v, size) for v in hold_views]), groups)
         record.update(grid_error_ratio=ratios, scorer_choice=choice, **extra)
     threshold, calibration = threshold_from_scores(hold_scores, false_alarm_rate)
     record.update(wall_s=round(time.perf_counter() - t_start, 2), seed=seed)
     config = DetectorConfig(
         image_size=size, grid=chosen, threshold=threshold, false_alarm_rate=false_alarm_rate, scorer=fitted.name,
-        calibration=calibration, training=record,
+        input_policy=policy, calibration=calibration, training=record,
     )  # fmt: skip
     return config, fitted

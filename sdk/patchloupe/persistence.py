@@ -20,7 +20,7 @@ from patchloupe.scorers.base import Scorer
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-_COMMON = ("image_size", "grid", "threshold", "false_alarm_rate", "scorer", "calibration", "training")
+_COMMON = ("image_size", "grid", "threshold", "false_alarm_rate", "scorer", "input_policy", "calibration", "training")
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "default_model_dir", "read_model", "write_model"]
 
