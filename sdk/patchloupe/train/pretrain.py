@@ -75,7 +75,7 @@ _EVAL_STREAM = 0x5EED_0002  # keys the held-out evaluation images (never trained
 
 
 def _family_styles(families: Sequence[str] | None) -> list[tuple[str, int]]:
-    from patchloupe.data.synth import FAMILIES, STYLES
+    from patchloupe.data.textures import FAMILIES, STYLES
 
     fams = tuple(FAMILIES if families is None else families)
     for f in fams:
@@ -99,7 +99,7 @@ def pretrain_images(
     ``stream``) and :func:`evaluate_families`' held-out set never share an image. ``augment``: texture
     scale 1x-1.6x (rendered larger, area-downsampled) and colour permutation / grey conversion.
     """
-    from patchloupe.data.synth import FAMILIES, render_texture
+    from patchloupe.data.textures import FAMILIES, render_texture
     from patchloupe.preprocess import resize_for_model
 
     h, w = (int(v) for v in image_size)
@@ -356,7 +356,7 @@ def evaluate_families(
     Returns ``{family: {"psnr", "psnr_copy", "mse", "mse_copy", "n"}}`` (see
     :func:`~patchloupe.train.stage1.evaluate_prediction`) plus ``"mean"`` over families.
     """
-    from patchloupe.data.synth import STYLES
+    from patchloupe.data.textures import STYLES
 
     fams = list(dict.fromkeys(f for f, _ in _family_styles(families)))
     res: dict[str, dict[str, float]] = {}
