@@ -360,12 +360,12 @@ def time_full_grid(
         preds: dict[str, torch.Tensor] = {}
         times: dict[str, list[float]] = {b: [] for b in backends}
         for b in backends:
-            with attention_backend(b):
+            with attention_backend(generator, b):
                 for _ in range(warmup):
                     full_grid_predict(generator, patches, plan)
         for _ in range(repeats):  # interleaved, so a load change on the shared CPUs hits both backends alike
             for b in backends:
-                with attention_backend(b):
+                with attention_backend(generator, b):
                     t0 = time.perf_counter()
                     preds[b] = full_grid_predict(generator, patches, plan)[0]
                     times[b].append((time.perf_counter() - t0) * 1000.0)
