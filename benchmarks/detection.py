@@ -63,7 +63,7 @@ def _fit(train_dir: Path, args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def section_families(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
-    from patchloupe.data.synth import FAMILIES, generate_dataset
+    from patchloupe.data import FAMILIES, generate_dataset
 
     fams = args.families.split(",") if args.families else list(FAMILIES)
     generate_dataset(
@@ -93,7 +93,7 @@ def section_families(args: argparse.Namespace, data: Path) -> list[dict[str, Any
 
 
 def section_shift(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
-    from patchloupe.data.synth import generate_dataset
+    from patchloupe.data.dataset import generate_dataset
 
     rows = []
     for fam in args.shift_families.split(","):
@@ -128,7 +128,7 @@ def section_shift(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
 
 def section_default(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     from patchloupe import Detector
-    from patchloupe.data.synth import FAMILIES, generate_dataset
+    from patchloupe.data import FAMILIES, generate_dataset
 
     det = Detector.load()
     rows = []
@@ -175,7 +175,7 @@ def section_tile(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
 def section_choice(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     """What ``scorer="auto"`` picks for each generated family (style 0) and magnetic tile, without fitting."""
     from patchloupe import Detector
-    from patchloupe.data.synth import FAMILIES, generate_dataset
+    from patchloupe.data import FAMILIES, generate_dataset
     from patchloupe.fit import choose_scorer, collect_images, split_holdout
 
     fams = args.families.split(",") if args.families else list(FAMILIES)
@@ -196,7 +196,7 @@ def section_choice(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]
 
 def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     from patchloupe import Detector
-    from patchloupe.data.synth import generate_dataset
+    from patchloupe.data.dataset import generate_dataset
 
     torch.set_num_threads(2)
     generate_dataset(

@@ -1,6 +1,6 @@
 """Generator prediction quality on held-out defect-free images, against two naive baselines.
 
-For every texture family of :mod:`patchloupe.data.synth` (all styles, images from the held-out
+For every texture family of :mod:`patchloupe.data.textures` (all styles, images from the held-out
 evaluation stream the pre-training never drew from) and for the real magnetic-tile ``test/good``
 images (when ``../shared/data/magnetic_tile`` exists), every triplet of the inference grid is
 predicted the way :class:`patchloupe.detector.Detector` does it: row triplets (``ltr`` + ``rtl``) on
@@ -360,12 +360,12 @@ def time_full_grid(
         preds: dict[str, torch.Tensor] = {}
         times: dict[str, list[float]] = {b: [] for b in backends}
         for b in backends:
-            with attention_backend(b):
+            with attention_backend(generator, b):
                 for _ in range(warmup):
                     full_grid_predict(generator, patches, plan)
         for _ in range(repeats):  # interleaved, so a load change on the shared CPUs hits both backends alike
             for b in backends:
-                with attention_backend(b):
+                with attention_backend(generator, b):
                     t0 = time.perf_counter()
                     preds[b] = full_grid_predict(generator, patches, plan)[0]
                     times[b].append((time.perf_counter() - t0) * 1000.0)
@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
-    from patchloupe.data.synth import FAMILIES
+    from patchloupe.data.textures import FAMILIES
 
     gen, cfg, source = load_any_generator(args)
     image_size = tuple(int(v) for v in cfg["image_size"])

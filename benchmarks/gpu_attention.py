@@ -10,10 +10,13 @@ shift (as in Swin). Forward ("fwd") and forward + backward ("fwd+bwd", grads of 
 relative-position bias table) are timed with CUDA events after warm-up, one event pair per call,
 with the L2 cache flushed before each call (``--no-flush`` to keep it warm); the median is reported.
 
-Implementations (every one starts from the learned (table, index) bias, so the bias gather is timed):
+Implementations (every one starts from the learned (table, index) bias, so the bias gather is timed).
+``triton-gather`` and ``triton-dense`` run the shipped kernel (``patchloupe.kernels.window_attention``, what the
+model calls); ``triton-table``, ``triton-roll+part`` and ``triton-fused-shift`` run the experimental variants of
+``benchmarks/fused_window_attention.py``:
 
 * ``triton-table``: ``window_attention(q, k, v, (table, index), mask)``, bias gathered in-kernel;
-* ``triton-gather``: torch gathers ``table[index]`` (heads, N, N), then the kernel (pre-gathered form);
+* ``triton-gather``: torch gathers ``table[index]`` (heads, N, N), then the kernel (the model's path);
 * ``triton-dense``: the kernel with a bias gathered once outside the timed region (kernel-only view of
   the pre-gathered form; its fwd+bwd yields the dense (heads, N, N) bias grad, not the table grad);
 * ``sdpa``: ``F.scaled_dot_product_attention`` with bias + mask folded into one ``attn_mask``;
@@ -171,11 +174,12 @@ def eager_attention(q, k, v, bias, mask, scale) -> torch.Tensor:
 
 def impl_fn(name: str, p: Problem) -> tuple[Callable[..., torch.Tensor], list[torch.Tensor]]:
     """(fn, leaf inputs): ``fn(*inputs)`` returns the output; grads are taken w.r.t. ``inputs``."""
-    from patchloupe.kernels import window_attention, window_attention_fused_shift
+    import fused_window_attention as variants  # next to this script
+    from patchloupe.kernels import window_attention
 
     s, mask, index, heads = p.scale, p.mask, p.index, p.stage.heads
     if name == "triton-table":
-        return (lambda q, k, v, t: window_attention(q, k, v, (t, index), mask, s)), [p.q, p.k, p.v, p.table]
+        return (lambda q, k, v, t: variants.window_attention(q, k, v, (t, index), mask, s)), [p.q, p.k, p.v, p.table]
     if name == "triton-gather":
         return (
             lambda q, k, v, t: window_attention(q, k, v, t[index].permute(2, 0, 1), mask, s),
@@ -203,13 +207,16 @@ def impl_fn(name: str, p: Problem) -> tuple[Callable[..., torch.Tensor], list[to
         def pipeline(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             rolled = torch.roll(x, (-sh, -sh), (1, 2)) if sh else x
             q, k, v = split_qkv(partition(rolled, WINDOW), heads)
-            o = window_attention(q, k, v, (t, index), mask, s)
+            o = variants.window_attention(q, k, v, (t, index), mask, s)
             o = window_reverse(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), WINDOW, grid, grid)
             return torch.roll(o, (sh, sh), (1, 2)) if sh else o
 
         return pipeline, [p.qkv_map, p.table]
     if name == "triton-fused-shift":
-        return (lambda x, t: window_attention_fused_shift(x, (t, index), heads, WINDOW, sh, s)), [p.qkv_map, p.table]
+        return (
+            lambda x, t: variants.window_attention_fused_shift(x, (t, index), heads, WINDOW, sh, s),
+            [p.qkv_map, p.table],
+        )
     raise ValueError(f"unknown implementation {name}")
 
 

@@ -30,7 +30,7 @@ def _setup(preset: str) -> tuple[PatternGenerator, torch.Tensor, torch.Tensor, t
     gen = build_generator(preset).eval()
     patches = torch.rand(GRID[0] * GRID[1], 3, *gen.config.patch_size)
     trip = _triplets(*GRID)
-    with torch.inference_mode(), attention_backend("reference"):
+    with torch.inference_mode(), attention_backend(gen, "reference"):
         ref = gen.predict_targets(patches, trip)
     return gen, patches, trip, ref
 
@@ -39,7 +39,7 @@ def _bench(benchmark, preset: str, backend: str, rounds: int) -> None:  # type: 
     gen, patches, trip, ref = _setup(preset)
 
     def run() -> torch.Tensor:
-        with torch.inference_mode(), attention_backend(backend):
+        with torch.inference_mode(), attention_backend(gen, backend):
             return gen.predict_targets(patches, trip)
 
     out = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)

@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from patchloupe.data.synth import generate_dataset
+    from patchloupe.data.dataset import generate_dataset
 
     root = tmp_path_factory.mktemp("data")
     generate_dataset(root, families=["cloth"], n_train=6, n_test_good=3, n_test_defect_per_kind=1, size=96, seed=3)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from patchloupe.grid import COL_DIRECTIONS, DIRECTIONS, ROW_DIRECTIONS
+
 __all__ = ["intersect_maps", "intersect_masks", "neighbor_triplets", "stitch", "tile", "untile", "MAX_ELEMENTS"]
 
 #: Largest number of elements of any array the native module produces or accepts (2**30).
@@ -18,7 +20,9 @@ MAX_ELEMENTS = 1 << 30
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _PIXEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
-_DIRECTIONS = ("ltr", "rtl", "ttb", "btt")
+# direction names as bindings/ lists them in its messages: 'ltr', 'rtl', 'ttb', 'btt'
+_DIRECTION_LIST = ", ".join(repr(d) for d in DIRECTIONS)
+_DIRECTION_CHOICE = ", ".join(repr(d) for d in DIRECTIONS[:-1]) + f" or {DIRECTIONS[-1]!r}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,15 +171,15 @@ def neighbor_triplets(rows: int, cols: int, direction: str) -> np.ndarray:
     rows = _to_int(rows, "rows")
     cols = _to_int(cols, "cols")
     if not isinstance(direction, str):
-        raise TypeError(f"direction must be a str ('ltr', 'rtl', 'ttb' or 'btt'), got {type(direction).__name__}")
-    if direction not in _DIRECTIONS:
-        raise ValueError(f"direction must be one of 'ltr', 'rtl', 'ttb', 'btt', got {direction!r}")
+        raise TypeError(f"direction must be a str ({_DIRECTION_CHOICE}), got {type(direction).__name__}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTION_LIST}, got {direction!r}")
     if rows <= 0:
         raise ValueError(f"rows must be positive, got {rows}")
     if cols <= 0:
         raise ValueError(f"cols must be positive, got {cols}")
     _checked_mul(_checked_mul(rows, cols, "rows * cols"), 3, "rows * cols")
-    horizontal = direction in ("ltr", "rtl")
+    horizontal = direction in ROW_DIRECTIONS
     along, across = (cols, rows) if horizontal else (rows, cols)
     if along < 3:
         return np.zeros((0, 3), dtype=np.int64)
@@ -184,7 +188,7 @@ def neighbor_triplets(rows: int, cols: int, direction: str) -> np.ndarray:
     first = line * cols + pos if horizontal else pos * cols + line
     step = 1 if horizontal else cols
     triplets = np.stack([first, first + step, first + 2 * step], axis=-1).reshape(-1, 3)
-    if direction in ("rtl", "btt"):
+    if direction in (ROW_DIRECTIONS[1], COL_DIRECTIONS[1]):  # rtl, btt: against reading order
         triplets = triplets[:, ::-1]
     return np.ascontiguousarray(triplets)
 

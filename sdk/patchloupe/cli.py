@@ -204,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from patchloupe.data.synth import generate_dataset
+    from patchloupe.data.dataset import generate_dataset
 
     families = args.families.split(",") if args.families else None
     paths = generate_dataset(

@@ -23,8 +23,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the summary dict (also written to ``out_dir/summary.json`` and ``summary.md``)."""
     from patchloupe import Detector
-    from patchloupe.data import MVTecCategory
-    from patchloupe.data.synth import FAMILIES, generate_dataset
+    from patchloupe.data import FAMILIES, MVTecCategory, generate_dataset
 
     t0 = time.perf_counter()
     fams = [f for f in (families or DEMO_FAMILIES) if f in FAMILIES] or list(FAMILIES)[:3]

@@ -5,12 +5,14 @@ Images are uint8 ``(H, W, 3)`` RGB numpy arrays; masks are bool ``(H, W)``.
 
 from __future__ import annotations
 
-from .defects import DEFECT_KINDS, synthesize_defect
+from .dataset import generate_dataset, generate_texture_shift
+from .defects import DATASET_DEFECTS, DEFECT_KINDS, make_defect, synthesize_defect
 from .io import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_rgb_uint8, write_image
 from .mvtec import DatasetError, MVTecCategory, TestItem
-from .synth import FAMILIES, STYLES, generate_dataset, generate_texture_shift, make_defect, render_texture
+from .textures import FAMILIES, STYLES, render_texture
 
 __all__ = [
+    "DATASET_DEFECTS",
     "DEFECT_KINDS",
     "FAMILIES",
     "IMAGE_SUFFIXES",

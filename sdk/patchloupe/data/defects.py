@@ -1,8 +1,9 @@
-"""Defect synthesis on defect-free patches (for training the comparator and for the dataset generator).
+"""Defect synthesis with exact masks: on float patches (comparator training) and on uint8 images (datasets).
 
 :func:`synthesize_defect` takes a float32 ``(H, W, 3)`` patch in [0, 1] and returns the defected patch and a
 float32 ``(H, W)`` mask in {0, 1}. The mask is exact: pixels outside it are bit-identical to the input, and every
 pixel inside it changed by at least :data:`MIN_CHANGE` in some channel (so the change survives uint8 rounding).
+:func:`make_defect` does the same on a uint8 image, by the dataset kind names of :data:`DATASET_DEFECTS`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import cv2
 import numpy as np
 
 from .noise import fractal, perlin, smoothstep
+from .textures import FAMILIES, STYLES, render_texture
 
-__all__ = ["DEFECT_KINDS", "MIN_CHANGE", "synthesize_defect"]
+__all__ = ["DATASET_DEFECTS", "DEFECT_KINDS", "MIN_CHANGE", "make_defect", "synthesize_defect"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,14 @@ logger = logging.getLogger(__name__)
 DEFECT_KINDS: tuple[str, ...] = ("perlin", "cutpaste", "scratch", "hole", "stain", "warp")
 #: Smallest per-pixel change (max over channels, on the [0, 1] scale) that counts as "defective".
 MIN_CHANGE: float = 0.04
+#: Dataset defect kinds (:func:`make_defect`, :mod:`patchloupe.data.dataset`) and the :data:`DEFECT_KINDS` kind of each.
+DATASET_DEFECTS: dict[str, str] = {
+    "scratch": "scratch",
+    "hole": "hole",
+    "stain": "stain",
+    "misweave": "warp",
+    "contamination": "perlin",
+}
 _DEFAULT_AREA = (0.02, 0.25)
 _MAX_TRIES = 6
 
@@ -103,8 +113,6 @@ def _foreign(base: np.ndarray, source: np.ndarray | None, rng: np.random.Generat
         n = fractal((h, w), int(rng.integers(2, 8)), rng, octaves=3)[:, :, None] * 0.5 + 0.5
         c1, c2 = rng.random(3).astype(np.float32), rng.random(3).astype(np.float32)
         return (c1 + (c2 - c1) * n).astype(np.float32)
-    from .synth import FAMILIES, render_texture  # lazy: synth imports this module
-
     fam = FAMILIES[int(rng.integers(len(FAMILIES)))]
     return render_texture(fam, (h, w), rng, style=0).astype(np.float32) / np.float32(255.0)
 
@@ -298,3 +306,32 @@ def synthesize_defect(
     logger.debug("%s defect too faint on this patch after %d tries; using the fallback", kind, _MAX_TRIES)
     out, mask = _fallback(base, rng, frac)
     return out, mask.astype(np.float32)
+
+
+def make_defect(
+    image: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    area: float | tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add one defect to a uint8 ``(H, W, 3)`` image; returns ``(uint8 (H, W, 3), bool mask (H, W))``.
+
+    ``kind``: a key of :data:`DATASET_DEFECTS` or a :data:`DEFECT_KINDS` name. The
+    mask is exactly the set of changed pixels and never empty. ``area`` (fraction of the image, number or range)
+    defaults to a few percent, and to well under 1 % in about 30 % of the cases.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+    patch_kind = DATASET_DEFECTS.get(kind, kind)
+    if area is None:
+        area = (0.003, 0.01) if rng.random() < 0.3 else (0.01, 0.05)
+    source = None
+    if patch_kind in ("perlin", "cutpaste") and kind in DATASET_DEFECTS:  # contamination by another texture
+        fam = FAMILIES[int(rng.integers(len(FAMILIES)))]
+        source = render_texture(fam, img.shape[:2], rng, style=int(rng.integers(len(STYLES[fam]))))
+        source = source.astype(np.float32) / np.float32(255.0)
+    out, _ = synthesize_defect(img.astype(np.float32) / np.float32(255.0), rng, patch_kind, source, area=area)
+    out8 = (out * 255 + 0.5).astype(np.uint8)
+    mask = (out8 != img).any(axis=2)
+    return out8, mask

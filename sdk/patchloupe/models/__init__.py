@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from patchloupe.models.attention import (
+    WindowAttention,
     attention_backend,
-    get_attention_backend,
+    default_attention_backend,
     resolve_backend,
     set_attention_backend,
     window_attention,
@@ -39,8 +40,9 @@ __all__ = [
     "PatchEmbed",
     "PatchExpand",
     "PatchMerging",
+    "WindowAttention",
     "attention_backend",
-    "get_attention_backend",
+    "default_attention_backend",
     "relative_position_index",
     "resolve_backend",
     "set_attention_backend",

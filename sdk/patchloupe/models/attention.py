@@ -1,6 +1,6 @@
-"""Window attention with a switchable backend: Triton kernel, PyTorch SDPA, or an explicit reference.
+"""Window attention with a backend chosen when the model is built: Triton kernel, PyTorch SDPA, or a reference.
 
-``window_attention(q, k, v, bias, mask=None, scale=None)`` computes, per window,
+``window_attention(q, k, v, bias, mask=None, scale=None, backend="auto")`` computes, per window,
 ``softmax(q @ k^T * scale + bias + mask) @ v`` with
 
 - ``q, k, v``: ``(B * nW, heads, N, D)``, windows batch-major (window ``j`` is window ``j % nW`` of image ``j // nW``);
@@ -11,45 +11,45 @@
 Backends
 --------
 ``"triton"``
-    ``patchloupe.kernels.window_attention`` (same signature), imported lazily. If the module, the
-    function, ``kernels.is_available()`` or ``kernels.supports(q, k, v, bias, mask) -> (ok, reason)``
-    says no (or the kernel raises, or returns no autograd graph while one is needed), the call falls
-    back to ``"sdpa"`` with a debug log message. It never fails because of the kernel.
+    :func:`patchloupe.kernels.window_attention` (same signature). If ``kernels.supports(q, k, v, bias, mask)``
+    says no (triton missing, no CUDA device and no interpreter, an unsupported shape), or the kernel raises, or
+    returns no autograd graph while one is needed, the call falls back to ``"sdpa"`` with a debug log message.
+    It never fails because of the kernel.
 ``"sdpa"``
     ``torch.nn.functional.scaled_dot_product_attention`` with bias and mask folded into one additive
     ``attn_mask``.
 ``"reference"``
     explicit matmul + softmax (slow, obviously correct; used by tests).
 ``"auto"`` (default)
-    ``"triton"`` when ``q.is_cuda`` and the kernel is available and supports the inputs, else ``"sdpa"``.
+    ``"triton"`` for CUDA tensors when the kernel supports the inputs, else ``"sdpa"``.
 
-Choosing the backend: the environment variable ``PATCHLOUPE_ATTENTION`` (one of ``auto``, ``triton``,
-``sdpa``, ``reference``) is read at every call. ``set_attention_backend(name)`` (process-wide) and the
-context manager ``attention_backend(name)`` (current thread/context) override it;
-``set_attention_backend(None)`` returns to the environment variable. Precedence: context manager >
-``set_attention_backend`` > ``PATCHLOUPE_ATTENTION`` > ``"auto"``.
+Choosing the backend (timm's ``fused_attn`` pattern): :class:`WindowAttention` stores its backend when it is
+built, from the environment variable ``PATCHLOUPE_ATTENTION`` (one of ``auto``, ``triton``, ``sdpa``,
+``reference``; see :func:`default_attention_backend`), so the env var forces the backend of every model built
+after it is set. :func:`set_attention_backend` (``model``, ``name``) changes it on a built model and the context
+manager :func:`attention_backend` does so temporarily.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
-import importlib
 import logging
 import os
-from collections.abc import Callable, Iterator
-from types import ModuleType
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from patchloupe import kernels
+from patchloupe.models.layers import relative_position_index
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "WindowAttention",
     "attention_backend",
-    "get_attention_backend",
+    "default_attention_backend",
     "resolve_backend",
     "set_attention_backend",
     "window_attention",
@@ -61,11 +61,9 @@ logger = logging.getLogger(__name__)
 
 #: Valid backend names.
 BACKENDS: tuple[str, ...] = ("auto", "triton", "sdpa", "reference")
-#: Environment variable read at call time.
+#: Environment variable read when an attention module is built.
 ENV_VAR = "PATCHLOUPE_ATTENTION"
 
-_global_backend: str | None = None
-_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("patchloupe_attention", default=None)
 _bad_env_values: set[str] = set()
 
 
@@ -79,84 +77,39 @@ def _check_name(name: str) -> str:
     return key
 
 
-def set_attention_backend(name: str | None) -> None:
-    """Force a backend process-wide (``auto``, ``triton``, ``sdpa``, ``reference``); ``None`` = use the env var."""
-    global _global_backend
-    _global_backend = None if name is None else _check_name(name)
-
-
-@contextlib.contextmanager
-def attention_backend(name: str) -> Iterator[None]:
-    """Force a backend for the current thread/context: ``with attention_backend("reference"): ...``."""
-    token = _context_backend.set(_check_name(name))
-    try:
-        yield
-    finally:
-        _context_backend.reset(token)
-
-
-def get_attention_backend() -> str:
-    """The requested backend name (may be ``"auto"``): context manager > set_attention_backend > env var > auto."""
-    ctx = _context_backend.get()
-    if ctx is not None:
-        return ctx
-    if _global_backend is not None:
-        return _global_backend
+def default_attention_backend() -> str:
+    """The backend a newly built :class:`WindowAttention` gets: ``PATCHLOUPE_ATTENTION`` if valid, else ``"auto"``."""
     env = os.environ.get(ENV_VAR, "").strip().lower()
     if not env:
         return "auto"
     if env not in BACKENDS:
-        if env not in _bad_env_values:  # warn once per bad value, not at every call
+        if env not in _bad_env_values:  # warn once per bad value, not at every model build
             _bad_env_values.add(env)
             logger.warning("ignoring %s=%r (valid: %s); using auto", ENV_VAR, env, ", ".join(BACKENDS))
         return "auto"
     return env
 
 
-@functools.lru_cache(maxsize=1)
-def _load_kernels() -> ModuleType | None:
-    """Import ``patchloupe.kernels`` once; ``None`` when it cannot be imported."""
+def _kernel_unusable(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None) -> str:
+    """Why the Triton kernel cannot run these inputs ("" when it can)."""
     try:
-        return importlib.import_module("patchloupe.kernels")
-    except Exception as exc:  # noqa: BLE001 - any import problem means "no kernel"
-        logger.debug("patchloupe.kernels unavailable: %s", exc)
-        return None
-
-
-def _triton_fn(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None) -> tuple[Callable | None, str]:
-    """The kernel function if it exists, is available and supports these inputs; else ``(None, reason)``."""
-    mod = _load_kernels()
-    if mod is None:
-        return None, "patchloupe.kernels cannot be imported"
-    fn = getattr(mod, "window_attention", None)
-    if isinstance(fn, ModuleType):  # a submodule of the same name
-        fn = getattr(fn, "window_attention", None)
-    if not callable(fn):
-        return None, "patchloupe.kernels has no window_attention"
-    try:
-        is_available = getattr(mod, "is_available", None)
-        if callable(is_available) and not is_available():
-            return None, "patchloupe.kernels.is_available() is False"
-        supports = getattr(mod, "supports", None)
-        if callable(supports):
-            res = supports(q, k, v, bias, mask)
-            ok, reason = res if isinstance(res, tuple) else (bool(res), "")
-            if not ok:
-                return None, f"kernel does not support these inputs: {reason}"
+        ok, reason = kernels.supports(q, k, v, bias, mask)
     except Exception as exc:  # noqa: BLE001 - a broken probe must not break inference
-        return None, f"kernel probe raised {type(exc).__name__}: {exc}"
-    return fn, ""
+        return f"kernel probe raised {type(exc).__name__}: {exc}"
+    return "" if ok else f"kernel does not support these inputs: {reason}"
 
 
-def resolve_backend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None = None) -> str:
+def resolve_backend(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None = None, backend: str = "auto"
+) -> str:
     """The backend a call with these inputs would run: ``"triton"``, ``"sdpa"`` or ``"reference"``."""
-    name = get_attention_backend()
-    if name == "reference" or name == "sdpa":
+    name = _check_name(backend)
+    if name in ("reference", "sdpa"):
         return name
     if name == "auto" and not q.is_cuda:
         return "sdpa"
-    fn, reason = _triton_fn(q, k, v, bias, mask)
-    if fn is None:
+    reason = _kernel_unusable(q, k, v, bias, mask)
+    if reason:
         logger.debug("attention backend %s: triton unusable (%s); using sdpa", name, reason)
         return "sdpa"
     return "triton"
@@ -224,24 +177,120 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def window_attention(
-    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None = None, scale: float | None = None
+def _window_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float | None, requested: str
 ) -> Tensor:
-    """Windowed attention through the selected backend (see module doc). ``(B*nW, heads, N, D)`` -> same shape."""
-    name = get_attention_backend()
-    if name == "reference":
-        return window_attention_reference(q, k, v, bias, mask, scale)
-    if name == "sdpa" or (name == "auto" and not q.is_cuda):
-        return window_attention_sdpa(q, k, v, bias, mask, scale)
-    fn, reason = _triton_fn(q, k, v, bias, mask)
-    if fn is not None:
+    """The Triton kernel, or SDPA (with a debug log message) whenever the kernel cannot give the answer."""
+    reason = _kernel_unusable(q, k, v, bias, mask)
+    if not reason:
         try:
-            out = fn(q, k, v, bias, mask, scale)
+            out = kernels.window_attention(q, k, v, bias, mask, scale)
         except Exception as exc:  # noqa: BLE001 - the kernel must never take inference down
             reason = f"kernel raised {type(exc).__name__}: {exc}"
         else:
             if out.shape == q.shape[:3] + v.shape[-1:] and (out.requires_grad or not _needs_grad(q, k, v, bias, mask)):
                 return out
             reason = f"kernel returned shape {tuple(out.shape)} / no autograd graph"
-    logger.debug("attention backend %s: triton unusable (%s); falling back to sdpa", name, reason)
+    logger.debug("attention backend %s: triton unusable (%s); falling back to sdpa", requested, reason)
     return window_attention_sdpa(q, k, v, bias, mask, scale)
+
+
+def window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Windowed attention through ``backend`` (see module doc). ``(B*nW, heads, N, D)`` -> same shape."""
+    if backend == "reference":
+        return window_attention_reference(q, k, v, bias, mask, scale)
+    if backend == "sdpa" or (backend == "auto" and not q.is_cuda):
+        return window_attention_sdpa(q, k, v, bias, mask, scale)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    return _window_attention_triton(q, k, v, bias, mask, scale, backend)
+
+
+# --------------------------------------------------------------------------------------------- module
+
+
+class WindowAttention(nn.Module):
+    """Window MSA with a learned relative-position-bias table ``((2M-1)^2, heads)``.
+
+    ``(B*nW, N, C) -> (B*nW, N, C)``; the attention itself runs through :func:`window_attention` with the
+    backend stored in ``attn_backend`` (``backend`` argument, default :func:`default_attention_backend`).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, backend: str | None = None
+    ) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_backend = default_attention_backend() if backend is None else _check_name(backend)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_bias(self, index: Tensor | None = None) -> Tensor:
+        """``(heads, N, N)`` bias for the window whose ``(N, N)`` table index is given (default: the full window)."""
+        index = self.relative_position_index if index is None else index
+        n = index.shape[0]
+        return self.relative_position_bias_table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+
+    def forward(self, x: Tensor, index: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``x (B*nW, N, C)``, ``index (N, N)`` into the bias table, ``mask (nW, N, N)`` -> ``(B*nW, N, C)``."""
+        bw, n, c = x.shape
+        if index is None or index.shape == self.relative_position_index.shape:
+            index = self.relative_position_index
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B*nW, heads, N, D)
+        mask = None if mask is None else mask.to(x.dtype)
+        bias = self.relative_bias(index).to(x.dtype)
+        out = window_attention(q, k, v, bias, mask, self.scale, self.attn_backend)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+    def flops(self, num_windows: int, n: int) -> int:
+        """FLOPs for ``num_windows`` windows of ``n`` tokens (qkv, q@k^T, attn@v, proj)."""
+        tokens = num_windows * n
+        return 2 * (tokens * self.dim * 3 * self.dim + 2 * num_windows * n * n * self.dim + tokens * self.dim**2)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, backend={self.attn_backend}"
+        )
+
+
+def set_attention_backend(model: nn.Module, name: str | None) -> nn.Module:
+    """Set the backend of every :class:`WindowAttention` in ``model`` (``None``: :func:`default_attention_backend`).
+
+    Returns ``model``.
+    """
+    backend = default_attention_backend() if name is None else _check_name(name)
+    for m in model.modules():
+        if isinstance(m, WindowAttention):
+            m.attn_backend = backend
+    return model
+
+
+@contextlib.contextmanager
+def attention_backend(model: nn.Module, name: str) -> Iterator[nn.Module]:
+    """Run ``model``'s window attention through ``name`` inside the block: ``with attention_backend(gen, "sdpa")``.
+
+    Every :class:`WindowAttention`'s own backend is restored on exit.
+    """
+    backend = _check_name(name)
+    saved = [(m, m.attn_backend) for m in model.modules() if isinstance(m, WindowAttention)]
+    for m, _ in saved:
+        m.attn_backend = backend
+    try:
+        yield model
+    finally:
+        for m, old in saved:
+            m.attn_backend = old

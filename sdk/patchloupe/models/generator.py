@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patchloupe.models.attention import window_attention
+from patchloupe.models.attention import WindowAttention
 from patchloupe.models.layers import (
     DropPath,
     FinalPatchExpandX4,
@@ -218,47 +218,6 @@ def _padded(size: Sequence[int]) -> tuple[int, int]:
 
 
 # ============================================================================================ blocks
-
-
-class WindowAttention(nn.Module):
-    """Window MSA with a learned relative-position-bias table ``((2M-1)^2, heads)``.
-
-    ``(B*nW, N, C) -> (B*nW, N, C)``; the attention itself runs through
-    :func:`patchloupe.models.attention.window_attention` (backend dispatch).
-    """
-
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def relative_bias(self, index: Tensor | None = None) -> Tensor:
-        """``(heads, N, N)`` bias for the window whose ``(N, N)`` table index is given (default: the full window)."""
-        index = self.relative_position_index if index is None else index
-        n = index.shape[0]
-        return self.relative_position_bias_table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
-
-    def forward(self, x: Tensor, index: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """``x (B*nW, N, C)``, ``index (N, N)`` into the bias table, ``mask (nW, N, N)`` -> ``(B*nW, N, C)``."""
-        bw, n, c = x.shape
-        if index is None or index.shape == self.relative_position_index.shape:
-            index = self.relative_position_index
-        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B*nW, heads, N, D)
-        mask = None if mask is None else mask.to(x.dtype)
-        out = window_attention(q, k, v, self.relative_bias(index).to(x.dtype), mask, self.scale)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
-
-    def flops(self, num_windows: int, n: int) -> int:
-        """FLOPs for ``num_windows`` windows of ``n`` tokens (qkv, q@k^T, attn@v, proj)."""
-        tokens = num_windows * n
-        return 2 * (tokens * self.dim * 3 * self.dim + 2 * num_windows * n * n * self.dim + tokens * self.dim**2)
 
 
 class SwinBlock(nn.Module):

@@ -2,7 +2,7 @@
 
 The paper pre-trains on ImageNet plus its own textures; we have neither, so the default generator is
 trained on a broad mix of procedural textures (method.md §2): every family and style of
-:mod:`patchloupe.data.synth`, many random renderings each, with extra variation on top of what the
+:mod:`patchloupe.data.textures`, many random renderings each, with extra variation on top of what the
 renderer already randomises (phase, small rotation/scale, lighting, noise):
 
 - texture scale: each image is rendered at 1x to 1.6x the model size and area-downsampled, so the
@@ -73,7 +73,7 @@ _EVAL_STREAM = 0x5EED_0002  # keys the held-out evaluation images (never trained
 
 
 def _family_styles(families: Sequence[str] | None) -> list[tuple[str, int]]:
-    from patchloupe.data.synth import FAMILIES, STYLES
+    from patchloupe.data.textures import FAMILIES, STYLES
 
     fams = tuple(FAMILIES if families is None else families)
     for f in fams:
@@ -97,7 +97,7 @@ def pretrain_images(
     ``stream``) and :func:`evaluate_families`' held-out set never share an image. ``augment``: texture
     scale 1x-1.6x (rendered larger, area-downsampled) and colour permutation / grey conversion.
     """
-    from patchloupe.data.synth import FAMILIES, render_texture
+    from patchloupe.data.textures import FAMILIES, render_texture
     from patchloupe.preprocess import resize_for_model
 
     h, w = (int(v) for v in image_size)
@@ -397,7 +397,7 @@ def evaluate_families(
     Returns ``{family: {"psnr", "psnr_copy", "mse", "mse_copy", "n"}}`` (see
     :func:`~patchloupe.train.stage1.evaluate_prediction`) plus ``"mean"`` over families.
     """
-    from patchloupe.data.synth import STYLES
+    from patchloupe.data.textures import STYLES
 
     fams = list(dict.fromkeys(f for f, _ in _family_styles(families)))
     res: dict[str, dict[str, float]] = {}

@@ -39,33 +39,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from patchloupe.grid import COL_DIRECTIONS, DIRECTIONS, ROW_DIRECTIONS, neighbor_triplets
 from patchloupe.preprocess import check_geometry, image_to_patches, resize_for_model
 
 __all__ = ["DIRECTIONS", "TripletBatch", "TripletSampler", "grid_triplets", "image_triplets"]
 
-DIRECTIONS: tuple[str, ...] = ("ltr", "rtl", "ttb", "btt")
-_HORIZONTAL = {"ltr", "rtl"}
-_REVERSED = {"rtl", "btt"}
+# the second direction of each axis (rtl, btt) runs against reading order: its target comes first
+_REVERSED = (ROW_DIRECTIONS[1], COL_DIRECTIONS[1])
 
 
 def grid_triplets(rows: int, cols: int, direction: str) -> torch.Tensor:
     """All ``(first, second, target)`` patch-index triplets of a ``rows x cols`` grid -> int64 ``(T, 3)``.
 
-    Indices are in reading order (``p = r * cols + c``); rows (or columns) are enumerated in order,
-    then positions along them. Same contract as ``patchloupe._native.neighbor_triplets``. ``T`` is
-    ``rows * (cols - 2)`` for ``ltr``/``rtl`` and ``(rows - 2) * cols`` for ``ttb``/``btt`` (0 when
-    the line is shorter than 3 patches).
+    :func:`patchloupe.grid.neighbor_triplets` as a tensor: indices in reading order (``p = r * cols + c``),
+    rows (or columns) enumerated in order, then positions along them. ``T`` is ``rows * (cols - 2)`` for
+    ``ltr``/``rtl`` and ``(rows - 2) * cols`` for ``ttb``/``btt`` (0 when the line is shorter than 3 patches).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    idx = torch.arange(rows * cols, dtype=torch.int64).reshape(rows, cols)
-    lines = idx if direction in _HORIZONTAL else idx.t()  # (n_lines, line_len)
-    if lines.shape[1] < 3:
-        return torch.empty((0, 3), dtype=torch.int64)
-    trip = torch.stack([lines[:, :-2], lines[:, 1:-1], lines[:, 2:]], dim=-1).reshape(-1, 3)
-    if direction in _REVERSED:
-        trip = trip.flip(-1)
-    return trip.contiguous()
+    return torch.from_numpy(neighbor_triplets(rows, cols, direction))
 
 
 def image_triplets(
@@ -161,7 +151,7 @@ class TripletSampler:
         images: Sequence[np.ndarray],
         image_size: Sequence[int] = (256, 256),
         grid: Sequence[int] = (4, 4),
-        directions: Sequence[str] = ("ltr", "rtl"),
+        directions: Sequence[str] = ROW_DIRECTIONS,
         column_wise: bool = False,
         seed: int = 0,
         offset_jitter: bool | float = True,
@@ -173,19 +163,21 @@ class TripletSampler:
         self.rows, self.cols = (int(v) for v in grid)
         dirs = list(dict.fromkeys(directions))
         if column_wise:
-            dirs += [d for d in ("ttb", "btt") if d not in dirs]
+            dirs += [d for d in COL_DIRECTIONS if d not in dirs]
         for d in dirs:
             if d not in DIRECTIONS:
                 raise ValueError(f"direction must be one of {DIRECTIONS}, got {d!r}")
-            if d in _HORIZONTAL and self.cols < 3:
+            if d in ROW_DIRECTIONS and self.cols < 3:
                 raise ValueError(f"direction {d!r} needs at least 3 grid columns, grid is {self.rows}x{self.cols}")
-            if d not in _HORIZONTAL and self.rows < 3:
+            if d in COL_DIRECTIONS and self.rows < 3:
                 raise ValueError(f"direction {d!r} needs at least 3 grid rows, grid is {self.rows}x{self.cols}")
         if not dirs:
             raise ValueError("at least one direction is required")
         self.directions: tuple[str, ...] = tuple(dirs)
+        # aligned samples take their patch indices from the grid's triplet table of their direction
+        self._triplets = {d: grid_triplets(self.rows, self.cols, d) for d in dirs}
         self.transpose_columns = bool(transpose_columns)
-        has_cols = any(d not in _HORIZONTAL for d in dirs)
+        has_cols = any(d in COL_DIRECTIONS for d in dirs)
         if has_cols and self.transpose_columns and self.ph != self.pw:
             raise ValueError(
                 f"transposed column triplets need square patches, got {self.ph}x{self.pw}; "
@@ -268,31 +260,25 @@ class TripletSampler:
         for b in range(batch):
             d = self.directions[int(dirs[b])]
             names.append(d)
-            horizontal = d in _HORIZONTAL
-            if horizontal:  # strip of ph x 3pw
-                sh, sw, dy, dx = ph, 3 * pw, 0, pw
-                if jitter[b]:
-                    y, x = int(u[b, 0] * (h - sh + 1)), int(u[b, 1] * (w - sw + 1))
-                else:
+            horizontal = d in ROW_DIRECTIONS
+            # strip of ph x 3pw (row) or 3ph x pw (column); dy, dx step from one patch to the next
+            sh, sw, dy, dx = (ph, 3 * pw, 0, pw) if horizontal else (3 * ph, pw, ph, 0)
+            if jitter[b]:
+                y, x = int(u[b, 0] * (h - sh + 1)), int(u[b, 1] * (w - sw + 1))
+            else:  # a line (row / column) and a position along it: row t of the direction's triplet table
+                if horizontal:
                     r, c = int(u[b, 0] * rows), int(u[b, 1] * (cols - 2))
-                    y, x = r * ph, c * pw
-                    base = r * cols + c
-                    patch_index[b] = torch.tensor([base, base + 1, base + 2])
-            else:  # strip of 3ph x pw
-                sh, sw, dy, dx = 3 * ph, pw, ph, 0
-                if jitter[b]:
-                    y, x = int(u[b, 0] * (h - sh + 1)), int(u[b, 1] * (w - sw + 1))
+                    t = r * (cols - 2) + c
                 else:
                     r, c = int(u[b, 0] * (rows - 2)), int(u[b, 1] * cols)
-                    y, x = r * ph, c * pw
-                    base = r * cols + c
-                    patch_index[b] = torch.tensor([base, base + cols, base + 2 * cols])
+                    t = c * (rows - 2) + r
+                y, x = r * ph, c * pw
+                patch_index[b] = self._triplets[d][t]  # already (first, second, target)
             strip = self.images[int(img[b]), :, y : y + sh, x : x + sw]
             parts = [strip[:, k * dy : k * dy + ph, k * dx : k * dx + pw] for k in range(3)]
             pos = [(y + k * dy, x + k * dx) for k in range(3)]
             if d in _REVERSED:
                 parts, pos = parts[::-1], pos[::-1]
-                patch_index[b] = patch_index[b].flip(0)
             if flip[b]:  # mirror across the triplet axis
                 axis = -2 if horizontal else -1
                 parts = [p.flip(axis) for p in parts]

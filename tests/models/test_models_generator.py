@@ -88,9 +88,9 @@ def test_block_with_padding_and_shift_is_finite_and_backend_independent() -> Non
     torch.manual_seed(0)
     blk = SwinBlock(16, 2, 4, shifted=True).eval()
     x = torch.randn(2, 9, 6, 16)
-    with torch.no_grad(), attention_backend("reference"):
+    with torch.no_grad(), attention_backend(blk, "reference"):
         ref = blk(x)
-    with torch.no_grad(), attention_backend("sdpa"):
+    with torch.no_grad(), attention_backend(blk, "sdpa"):
         out = blk(x)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -191,9 +191,9 @@ def test_predict_targets_odd_size_and_validation(tiny: PatternGenerator) -> None
 def test_backends_agree_on_the_model(tiny: PatternGenerator) -> None:
     x1, x2 = torch.rand(2, 3, 3, 40, 56)
     with torch.no_grad():
-        with attention_backend("reference"):
+        with attention_backend(tiny, "reference"):
             ref = tiny(x1, x2)
-        with attention_backend("sdpa"):
+        with attention_backend(tiny, "sdpa"):
             out = tiny(x1, x2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -247,13 +247,13 @@ def test_flops_match_flop_counter(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     g = build_generator("tiny", window_size=7).eval()
     x = torch.rand(1, 3, *size)
-    with torch.no_grad(), attention_backend("reference"), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), attention_backend(g, "reference"), FlopCounterMode(display=False) as fc:
         g(x, x)
     measured, analytic = fc.get_total_flops(), g.flops(size)
     assert abs(analytic - measured) <= 0.1 * measured, (analytic, measured)
     # predict_targets: distinct encodings + one decode per triplet
     trip = _row_triplets(2, 3)
-    with torch.no_grad(), attention_backend("reference"), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), attention_backend(g, "reference"), FlopCounterMode(display=False) as fc:
         g.predict_targets(torch.rand(6, 3, *size), trip)
     assert abs(g.prediction_flops(trip, size) - fc.get_total_flops()) <= 0.1 * fc.get_total_flops()
 

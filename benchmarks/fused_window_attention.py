@@ -1,6 +1,11 @@
-"""Fused Swin window attention (forward + backward) in Triton.
+"""Experimental fused Swin window attention variants in Triton (benchmarks only; no model uses them).
 
-Public API (re-exported by ``patchloupe.kernels``):
+The shipped kernel, :mod:`patchloupe.kernels.attention`, takes a pre-gathered bias and a mask tensor. This
+module keeps the variants that ``benchmarks/gpu_attention.py`` compares it with: the bias gathered in-kernel from
+the ``(table, index)`` pair, and the fused shift / partition / reverse with the region mask rebuilt in-kernel.
+Tested by ``benchmarks/test_fused_window_attention.py`` (Triton interpreter on CPU).
+
+API:
 
 * :func:`window_attention` -- ``(BW, heads, N, D)`` q/k/v, relative-position bias (pre-gathered or
   ``(table, index)``), optional ``(nW, N, N)`` additive window mask.
@@ -95,12 +100,14 @@ def is_available() -> bool:
 def _require_triton() -> None:
     err = _triton_import_error()
     if err is not None:
-        raise RuntimeError(f"patchloupe.kernels needs triton (pip install 'patchloupe[triton]'); import failed: {err}")
+        raise RuntimeError(f"the fused attention variants need triton (pip install triton); import failed: {err}")
 
 
 def _impl() -> ModuleType:
     _require_triton()
-    return importlib.import_module("patchloupe.kernels._window_attention_triton")
+    import _fused_window_attention_triton  # next to this file (benchmarks/ is on sys.path)
+
+    return _fused_window_attention_triton
 
 
 # --------------------------------------------------------------------------------------------

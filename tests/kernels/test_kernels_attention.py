@@ -1,15 +1,15 @@
-"""Tests of the Triton window attention kernels (``patchloupe.kernels``) against an fp64 reference.
+"""Tests of the shipped Triton window attention kernel (``patchloupe.kernels``) against an fp64 reference.
 
-Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets
-``TRITON_INTERPRET=1``), on small shapes. The default grid is a pairwise-covering sub-grid of
-N x D x heads x mask x windows x dtype x bias-form (every value of every axis, every pair of
-values of the binary axes, every N with every binary value); ``@pytest.mark.slow`` runs the full
-cartesian product. Select with ``pytest -k kernel``.
+Without CUDA the kernel runs under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``),
+on small shapes. The default grid is a pairwise-covering sub-grid of N x D x heads x mask x windows x dtype x
+bias-form (every value of every axis, every pair of values of the binary axes, every N with every binary value);
+``@pytest.mark.slow`` runs the full cartesian product. Bias forms: ``dense``, a leaf ``(heads, N, N)`` bias, and
+``gather``, the model's path: a leaf ``(T, heads)`` table gathered by torch (``table[index]``) before the kernel,
+its gradient flowing back through the gather. Select with ``pytest -k kernel``.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import subprocess
@@ -21,9 +21,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 import patchloupe.kernels as K  # noqa: E402
-
-# the submodule (the package attribute ``window_attention`` is the function)
-_wa_module = importlib.import_module("patchloupe.kernels.window_attention")
+from patchloupe.kernels import attention as KA  # noqa: E402 - the launcher module (monkeypatched below)
 
 pytestmark = pytest.mark.skipif(not K.is_available(), reason="needs CUDA or TRITON_INTERPRET=1")
 
@@ -47,13 +45,6 @@ def partition(x: torch.Tensor, m: int) -> torch.Tensor:
     b, h, w, c = x.shape
     x = x.view(b, h // m, m, w // m, m, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, m * m, c)
-
-
-def reverse(windows: torch.Tensor, m: int, h: int, w: int) -> torch.Tensor:
-    """(B * nW, m*m, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // m, w // m, m, m, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
 
 
 def shift_mask(h: int, w: int, m: int, s: int) -> torch.Tensor:
@@ -129,8 +120,8 @@ def check_against_reference(
     scale = d**-0.5
 
     qk, kk, vk, tk = leaf(q), leaf(k), leaf(v), leaf(table)
-    if bias_form == "table":
-        out = K.window_attention(qk, kk, vk, (tk, index), mask)
+    if bias_form == "gather":
+        out = K.window_attention(qk, kk, vk, tk[index].permute(2, 0, 1), mask)
     else:
         dense = leaf(table[index].permute(2, 0, 1).contiguous())
         out = K.window_attention(qk, kk, vk, dense, mask)
@@ -139,7 +130,7 @@ def check_against_reference(
 
     q64, k64, v64, t64 = (leaf(x.double()) for x in (q, k, v, table))
     b64 = t64[index].permute(2, 0, 1)
-    if bias_form != "table":
+    if bias_form != "gather":
         b64 = leaf(b64.detach())
     ref = reference(q64, k64, v64, b64, None if mask is None else mask.double(), scale)
     ref.backward(go.double())
@@ -148,7 +139,7 @@ def check_against_reference(
     assert_close(qk.grad, q64.grad, dtype, "grad q")
     assert_close(kk.grad, k64.grad, dtype, "grad k")
     assert_close(vk.grad, v64.grad, dtype, "grad v")
-    if bias_form == "table":
+    if bias_form == "gather":
         assert tk.grad.dtype == table.dtype
         assert_close(tk.grad, t64.grad, dtype, "grad table")
     else:
@@ -165,7 +156,7 @@ HEAD_VALUES = (1, 3)
 MASK_VALUES = (False, True)
 WINDOW_VALUES = ((3, 3), (6, 3))  # (B*nW, nW)
 DTYPE_VALUES = (torch.float32, torch.float16)
-BIAS_VALUES = ("dense", "table")
+BIAS_VALUES = ("dense", "gather")
 
 # Pairwise-covering rows: (N, D, heads, masked, (B*nW, nW), dtype, bias form).
 # Each N appears with a 0/1 pattern of the six binary axes and its complement, and the patterns make
@@ -214,8 +205,8 @@ def test_kernel_window_attention_matches_reference_exhaustive(case) -> None:
 
 @pytest.mark.parametrize(
     ("dtype", "bias_form", "bias_dtype"),
-    [(torch.float32, "table", None), (torch.float16, "dense", torch.float32)],
-    ids=["fp32-table", "fp16-dense-fp32bias"],
+    [(torch.float32, "gather", None), (torch.float16, "dense", torch.float32)],
+    ids=["fp32-gather", "fp16-dense-fp32bias"],
 )
 def test_kernel_head_dim_8_paper_preset(dtype, bias_form, bias_dtype) -> None:
     """D = 8 (Swin 'paper' preset, C=24 / 3 heads) is padded to 16 inside; 7x7 windows."""
@@ -227,7 +218,7 @@ def test_kernel_inf_mask() -> None:
     n, nw = 16, 3
     mask = window_mask(n, nw)
     mask = torch.where(mask < 0, float("-inf"), 0.0).to(DEVICE)
-    check_against_reference(n, 16, 3, True, 6, nw, torch.float32, "table", mask=mask)
+    check_against_reference(n, 16, 3, True, 6, nw, torch.float32, "gather", mask=mask)
 
 
 def test_kernel_strided_qkv_views_and_frozen_bias() -> None:
@@ -253,19 +244,21 @@ def test_kernel_strided_qkv_views_and_frozen_bias() -> None:
 
 def test_kernel_backward_deterministic_with_multi_window_programs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Repeated backwards are bit-identical, also when a program reduces several windows (ragged)."""
-    monkeypatch.setattr(_wa_module, "_BWD_TARGET_PROGRAMS", 4)  # 6 windows x 3 heads -> 5 + 1 windows/program
+    monkeypatch.setattr(KA, "_BWD_TARGET_PROGRAMS", 4)  # 6 windows x 3 heads -> 5 + 1 windows/program
     n, d, heads, bw, nw = 49, 16, 3, 6, 3
     q, k, v, table, index, go = make_inputs(bw, heads, n, d, torch.float32, seed=7)
     mask = window_mask(n, nw).to(DEVICE)
+    dense = table[index].permute(2, 0, 1).contiguous()
     grads = []
     for _ in range(2):
-        qk, kk, vk, tk = leaf(q), leaf(k), leaf(v), leaf(table)
-        K.window_attention(qk, kk, vk, (tk, index), mask).backward(go)
-        grads.append([t.grad.clone() for t in (qk, kk, vk, tk)])
+        qk, kk, vk, bk = leaf(q), leaf(k), leaf(v), leaf(dense)
+        K.window_attention(qk, kk, vk, bk, mask).backward(go)
+        grads.append([t.grad.clone() for t in (qk, kk, vk, bk)])
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
     # and still correct
-    check_against_reference(n, d, heads, True, bw, nw, torch.float32, "table")
+    check_against_reference(n, d, heads, True, bw, nw, torch.float32, "gather")
+    check_against_reference(n, d, heads, True, bw, nw, torch.float32, "dense")
 
 
 class OutOfResources(Exception):  # noqa: N818 - same name as triton.runtime.errors.OutOfResources
@@ -277,9 +270,9 @@ def _raise_out_of_resources(*args, **kwargs):
 
 
 def test_kernel_backward_falls_back_to_torch_when_out_of_resources(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(_wa_module, "_launch_backward", _raise_out_of_resources)
-    with caplog.at_level("WARNING", logger=_wa_module.__name__):
-        check_against_reference(49, 16, 3, True, 6, 3, torch.float32, "table")
+    monkeypatch.setattr(KA, "_launch_backward", _raise_out_of_resources)
+    with caplog.at_level("WARNING", logger=KA.__name__):
+        check_against_reference(49, 16, 3, True, 6, 3, torch.float32, "gather")
         check_against_reference(16, 32, 1, False, 3, 3, torch.float16, "dense")
     assert "torch fallback" in caplog.text
 
@@ -288,84 +281,6 @@ def test_kernel_backward_falls_back_to_torch_when_out_of_resources(monkeypatch, 
 @pytest.mark.parametrize("bias_form", BIAS_VALUES)
 def test_kernel_bf16_gpu(bias_form: str) -> None:
     check_against_reference(49, 32, 3, True, 6, 3, torch.bfloat16, bias_form)
-
-
-# ---------------------------------------------------------------------------------------------
-# fused shift / partition / reverse variant
-# ---------------------------------------------------------------------------------------------
-def fused_reference(qkv: torch.Tensor, bias: torch.Tensor, heads: int, m: int, s: int, scale: float) -> torch.Tensor:
-    """roll(-s) -> partition -> attention (+ Swin mask) -> reverse -> roll(+s), on (B, H, W, 3C)."""
-    b, h, w, c3 = qkv.shape
-    c = c3 // 3
-    x = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2)) if s else qkv
-    win = partition(x, m)  # (BW, N, 3C)
-    q, k, v = win.reshape(win.shape[0], m * m, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    mask = shift_mask(h, w, m, s).to(qkv) if s else None
-    o = reference(q, k, v, bias, mask, scale)  # (BW, heads, N, D)
-    o = reverse(o.transpose(1, 2).reshape(-1, m * m, c), m, h, w)
-    return torch.roll(o, shifts=(s, s), dims=(1, 2)) if s else o
-
-
-@pytest.mark.parametrize(
-    ("b", "h", "w", "m", "s", "heads", "d", "dtype", "bias_form"),
-    [
-        (2, 8, 12, 4, 2, 2, 16, torch.float32, "table"),
-        (1, 14, 14, 7, 3, 3, 8, torch.float32, "dense"),
-        (2, 8, 8, 4, 0, 1, 32, torch.float16, "table"),
-        (1, 7, 14, 7, 3, 2, 16, torch.float16, "dense"),
-    ],
-    ids=["8x12-w4-s2-fp32-table", "14x14-w7-s3-D8-fp32-dense", "8x8-w4-noshift-fp16-table", "7x14-w7-s3-fp16-dense"],
-)
-def test_kernel_fused_shift_matches_roll_partition_reference(b, h, w, m, s, heads, d, dtype, bias_form) -> None:
-    g = torch.Generator().manual_seed(h * w + s)
-    c = heads * d
-    qkv = torch.randn(b, h, w, 3 * c, generator=g).to(DEVICE, dtype)
-    table = (0.5 * torch.randn((2 * m - 1) ** 2, heads, generator=g)).to(DEVICE, dtype)
-    index = relative_position_index(m).to(DEVICE)
-    go = torch.randn(b, h, w, c, generator=g).to(DEVICE, dtype)
-
-    x, tk = leaf(qkv), leaf(table)
-    if bias_form == "table":
-        out = K.window_attention_fused_shift(x, (tk, index), heads, m, s)
-    else:
-        dense = leaf(table[index].permute(2, 0, 1).contiguous())
-        out = K.window_attention_fused_shift(x, dense, heads, m, s)
-    assert out.shape == (b, h, w, c) and out.dtype == dtype
-    out.backward(go)
-
-    x64, t64 = leaf(qkv.double()), leaf(table.double())
-    b64 = t64[index].permute(2, 0, 1)
-    if bias_form != "table":
-        b64 = leaf(b64.detach())
-    ref = fused_reference(x64, b64, heads, m, s, d**-0.5)
-    ref.backward(go.double())
-    assert_close(out, ref, dtype, "output")
-    assert_close(x.grad, x64.grad, dtype, "grad qkv")
-    assert_close(
-        tk.grad if bias_form == "table" else dense.grad, (t64 if bias_form == "table" else b64).grad, dtype, "grad bias"
-    )
-
-
-def test_kernel_fused_shift_equals_plain_kernel() -> None:
-    """Same numbers as the plain kernel fed with torch.roll + partition copies (fp32)."""
-    b, h, w, m, s, heads, d = 1, 8, 8, 4, 2, 2, 16
-    g = torch.Generator().manual_seed(3)
-    qkv = torch.randn(b, h, w, 3 * heads * d, generator=g).to(DEVICE)
-    table = torch.randn(49, heads, generator=g).to(DEVICE)
-    index = relative_position_index(m).to(DEVICE)
-    fused = K.window_attention_fused_shift(qkv, (table, index), heads, m, s)
-    win = partition(torch.roll(qkv, (-s, -s), (1, 2)), m)
-    q, k, v = win.reshape(-1, m * m, 3, heads, d).permute(2, 0, 3, 1, 4)
-    o = K.window_attention(q, k, v, (table, index), shift_mask(h, w, m, s).to(DEVICE))
-    plain = torch.roll(reverse(o.transpose(1, 2).reshape(-1, m * m, heads * d), m, h, w), (s, s), (1, 2))
-    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)
-
-
-@pytest.mark.parametrize("bias_form", BIAS_VALUES)
-def test_kernel_fused_shift_backward_torch_fallback(monkeypatch, bias_form: str) -> None:
-    """The torch fallback of the backward reproduces the kernel's shifted addressing and region mask."""
-    monkeypatch.setattr(_wa_module, "_launch_backward", _raise_out_of_resources)
-    test_kernel_fused_shift_matches_roll_partition_reference(2, 8, 12, 4, 2, 2, 16, torch.float32, bias_form)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,13 +305,7 @@ REJECTIONS = {
     "shape-mismatch": (lambda q, k, v, b, m: (q, k[:, :, :8], v, b, m), ValueError),
     "non-contiguous-last-dim": (lambda q, k, v, b, m: (q.transpose(-1, -2), k, v, b, m), ValueError),
     "bias-shape": (lambda q, k, v, b, m: (q, k, v, b[:1], m), ValueError),
-    "bias-3-tuple": (lambda q, k, v, b, m: (q, k, v, (b, b, b), m), ValueError),
-    "table-heads": (lambda q, k, v, b, m: (q, k, v, (torch.zeros(49, 5, device=DEVICE), _index()), m), ValueError),
-    "index-float": (
-        lambda q, k, v, b, m: (q, k, v, (torch.zeros(49, 2, device=DEVICE), _index().float()), m),
-        TypeError,
-    ),
-    "index-shape": (lambda q, k, v, b, m: (q, k, v, (torch.zeros(49, 2, device=DEVICE), _index()[:4]), m), ValueError),
+    "bias-pair": (lambda q, k, v, b, m: (q, k, v, (torch.zeros(49, 2, device=DEVICE), _index()), m), TypeError),
     "mask-shape": (lambda q, k, v, b, m: (q, k, v, b, m[:, :8]), ValueError),
     "mask-windows": (lambda q, k, v, b, m: (q, k, v, b, torch.zeros(2, 16, 16, device=DEVICE)), ValueError),
     "mask-int": (lambda q, k, v, b, m: (q, k, v, b, m.long()), TypeError),
@@ -434,26 +343,9 @@ def test_kernel_launcher_rejects_cpu_without_interpreter(monkeypatch: pytest.Mon
 def test_kernel_supports_valid_inputs_and_runs_without_bias() -> None:
     q, k, v, bias, mask = _valid()
     assert K.supports(q, k, v, bias, mask) == (True, "")
-    assert K.supports(q, k, v, (torch.zeros(49, 2, device=DEVICE), _index()), None) == (True, "")
+    assert K.supports(q, k, v, bias, None) == (True, "")
     out = K.window_attention(q, k, v, None)
     torch.testing.assert_close(out, reference(q, k, v, None, None, 16**-0.5), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("shape", "heads", "m", "s", "match"),
-    [
-        ((1, 10, 8, 96), 2, 4, 0, "multiples"),
-        ((1, 8, 8, 96), 2, 4, 4, "shift_size"),
-        ((1, 8, 8, 90), 4, 4, 0, "3 *"),
-        ((1, 9, 9, 96), 2, 9, 0, "tokens"),
-    ],
-)
-def test_kernel_fused_shift_rejects(shape, heads: int, m: int, s: int, match: str) -> None:
-    qkv = torch.randn(*shape, device=DEVICE)
-    bias = torch.zeros(heads, m * m, m * m, device=DEVICE)
-    assert not K.supports_fused_shift(qkv, bias, heads, m, s)[0]
-    with pytest.raises(ValueError, match=match):
-        K.window_attention_fused_shift(qkv, bias, heads, m, s)
 
 
 def test_kernel_package_imports_without_triton() -> None:

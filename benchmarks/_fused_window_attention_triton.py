@@ -1,7 +1,7 @@
-"""Triton kernels for Swin window attention (private; imported lazily by ``window_attention.py``).
+"""Triton kernels of the attention variants (imported lazily by ``fused_window_attention.py``).
 
 Importing this module imports ``triton``; the public module only does so on first use, so that
-``patchloupe.kernels`` imports without triton. ``TRITON_INTERPRET=1`` must be set before this module
+``fused_window_attention`` imports without triton. ``TRITON_INTERPRET=1`` must be set before this module
 is first imported for the kernels to run on CPU under the interpreter.
 
 One program owns one (window, head) pair: a whole window (``N <= 64`` tokens, padded to ``N_PAD``, a

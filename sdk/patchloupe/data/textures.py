@@ -1,4 +1,4 @@
-"""Procedural textures with styles, image-level defects with exact masks, and MVTec-AD-layout datasets.
+"""Procedural textures in fixed styles: :data:`FAMILIES`, :data:`STYLES` and :func:`render_texture`.
 
 Textures are periodic or statistically stationary surfaces (cloth, leather, mesh, decorative motifs, metal, wood),
 each in several fixed *styles* (period, weave, motif, colour) so that a detector can be trained on one style and
@@ -9,30 +9,13 @@ Everything is seeded through ``np.random.Generator`` and deterministic.
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from .defects import synthesize_defect
-from .io import IMAGE_SUFFIXES, write_image
 from .noise import fractal, lattice_noise, smoothstep
 
-__all__ = [
-    "DATASET_DEFECTS",
-    "FAMILIES",
-    "STYLES",
-    "generate_dataset",
-    "generate_texture_shift",
-    "make_defect",
-    "render_texture",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["FAMILIES", "STYLES", "check_family", "image_size", "render_texture"]
 
 #: Texture families.
 FAMILIES: tuple[str, ...] = ("cloth", "leather", "mesh", "motif", "metal", "wood")
@@ -45,15 +28,6 @@ STYLES: dict[str, tuple[str, ...]] = {
     "motif": ("six-petal rosettes, red on cream, 48 px", "lozenge half-drop, gold on navy, 64 px"),
     "metal": ("brushed steel", "turned brass grooves, 6 px"),
     "wood": ("light oak, 16 px rings", "walnut planks, 48 px boards"),
-}
-
-#: Defect kinds written by :func:`generate_dataset` and the :mod:`patchloupe.data.defects` kind behind each.
-DATASET_DEFECTS: dict[str, str] = {
-    "scratch": "scratch",
-    "hole": "hole",
-    "stain": "stain",
-    "misweave": "warp",
-    "contamination": "perlin",
 }
 
 _F = np.float32
@@ -298,14 +272,16 @@ def _sensor_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: float
     return (tri * _F(sigma * np.sqrt(6.0) / 255.0)).reshape(shape)
 
 
-def _size(size: int | Sequence[int]) -> tuple[int, int]:
+def image_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` from an int (square) or a pair."""
     if isinstance(size, (int, np.integer)):
         return int(size), int(size)
     h, w = (int(s) for s in size)
     return h, w
 
 
-def _check_family(family: str, style: int) -> None:
+def check_family(family: str, style: int) -> None:
+    """ValueError unless ``family`` is in :data:`FAMILIES` and ``style`` is one of its styles."""
     if family not in STYLES:
         raise ValueError(f"unknown texture family {family!r}; choose from {FAMILIES}")
     if not 0 <= style < len(STYLES[family]):
@@ -323,8 +299,8 @@ def render_texture(
     ``family`` in :data:`FAMILIES`, ``style`` in ``range(len(STYLES[family]))``; ``size`` is ``(H, W)`` or an int.
     Per image: random phase, rotation (+-2 deg), scale (+-3 %), colour gain, a lighting gradient and sensor noise.
     """
-    _check_family(family, style)
-    h, w = _size(size)
+    check_family(family, style)
+    h, w = image_size(size)
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {(h, w)}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -346,172 +322,3 @@ def render_texture(
     img *= _F(255.0)
     img += _F(0.5)
     return img.astype(np.uint8)
-
-
-# ------------------------------------------------------------------------------------------------ defects
-
-
-def make_defect(
-    image: np.ndarray,
-    kind: str,
-    rng: np.random.Generator,
-    area: float | tuple[float, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Add one defect to a uint8 ``(H, W, 3)`` image; returns ``(uint8 (H, W, 3), bool mask (H, W))``.
-
-    ``kind``: a key of :data:`DATASET_DEFECTS` or a :data:`~patchloupe.data.defects.DEFECT_KINDS` name. The
-    mask is exactly the set of changed pixels and never empty. ``area`` (fraction of the image, number or range)
-    defaults to a few percent, and to well under 1 % in about 30 % of the cases.
-    """
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
-    patch_kind = DATASET_DEFECTS.get(kind, kind)
-    if area is None:
-        area = (0.003, 0.01) if rng.random() < 0.3 else (0.01, 0.05)
-    source = None
-    if patch_kind in ("perlin", "cutpaste") and kind in DATASET_DEFECTS:  # contamination by another texture
-        fam = FAMILIES[int(rng.integers(len(FAMILIES)))]
-        source = render_texture(fam, img.shape[:2], rng, style=int(rng.integers(len(STYLES[fam]))))
-        source = source.astype(np.float32) / _F(255.0)
-    out, _ = synthesize_defect(img.astype(np.float32) / _F(255.0), rng, patch_kind, source, area=area)
-    out8 = (out * 255 + 0.5).astype(np.uint8)
-    mask = (out8 != img).any(axis=2)
-    return out8, mask
-
-
-# ------------------------------------------------------------------------------------------------ datasets
-
-_MARKER = ".patchloupe_synth.json"
-_FORMAT = 1
-
-
-def _rng(seed: int, family: str, style: int, split: str, i: int) -> np.random.Generator:
-    key = [int(seed), zlib.crc32(family.encode()), int(style), zlib.crc32(split.encode()), int(i)]
-    return np.random.default_rng(key)
-
-
-def _write_category(
-    out: Path,
-    family: str,
-    train_style: int,
-    test_style: int,
-    n_train: int,
-    n_test_good: int,
-    n_defect: int,
-    size: tuple[int, int],
-    seed: int,
-    kinds: tuple[str, ...],
-) -> Path:
-    params = {
-        "format": _FORMAT,
-        "family": family,
-        "train_style": train_style,
-        "test_style": test_style,
-        "n_train": n_train,
-        "n_test_good": n_test_good,
-        "n_test_defect_per_kind": n_defect,
-        "size": list(size),
-        "seed": seed,
-        "kinds": list(kinds),
-    }
-    marker = out / _MARKER
-    if marker.is_file():
-        old = json.loads(marker.read_text())
-        if old == params:
-            logger.info("%s: complete, skipped", out)
-            return out
-        raise ValueError(f"{out} holds a synthetic dataset made with other parameters ({old}); remove it first")
-    plan: list[tuple[Path, Path | None, str, int, int]] = []  # (image, mask, kind, style, index)
-    plan += [(out / "train/good" / f"{i:03d}.png", None, "good", train_style, i) for i in range(n_train)]
-    plan += [(out / "test/good" / f"{i:03d}.png", None, "good", test_style, i) for i in range(n_test_good)]
-    for kind in kinds:
-        for i in range(n_defect):
-            plan.append((out / "test" / kind / f"{i:03d}.png", out / "ground_truth" / kind / f"{i:03d}_mask.png", kind,
-                         test_style, i))  # fmt: skip
-    if out.is_dir():
-        planned = {p for p, _, _, _, _ in plan} | {m for _, m, _, _, _ in plan if m is not None}
-        stray = [p for p in out.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p not in planned]
-        if stray:
-            raise ValueError(f"{out} is incomplete and holds files this run would not write (e.g. {stray[0]}); "
-                             "remove it first")  # fmt: skip
-    t0 = time.perf_counter()
-    logger.info("%s: writing %d images (%s, train style %d, test style %d)", out, len(plan), family, train_style,
-                test_style)  # fmt: skip
-    for img_path, mask_path, kind, style, i in plan:
-        split = "train" if img_path.parent.parent.name == "train" else f"test/{kind}"
-        rng = _rng(seed, family, style, split, i)
-        img = render_texture(family, size, rng, style=style)
-        if mask_path is not None:
-            img, mask = make_defect(img, kind, rng)
-            write_image(mask_path, mask)
-        write_image(img_path, img)
-    marker.write_text(json.dumps(params, indent=1))
-    logger.info("%s: done in %.1f s", out, time.perf_counter() - t0)
-    return out
-
-
-def generate_dataset(
-    root: str | Path,
-    families: Sequence[str] | None = None,
-    n_train: int = 60,
-    n_test_good: int = 20,
-    n_test_defect_per_kind: int = 6,
-    size: int | Sequence[int] = 256,
-    seed: int = 0,
-    style: int = 0,
-    kinds: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write one MVTec-AD-layout category per family and return the category folders.
-
-    Folders are ``root/<family>`` for style 0 and ``root/<family>_style<k>`` otherwise; images are PNG, masks
-    0/255 ``ground_truth/<kind>/<stem>_mask.png``; ``kinds`` defaults to all of :data:`DATASET_DEFECTS`.
-    Idempotent: a complete category with the same parameters is skipped (a marker file records them). Images are
-    seeded per (seed, family, style, split, index), so a subset of families renders the same images.
-    """
-    fams = tuple(FAMILIES if families is None else families)
-    kinds_t = tuple(DATASET_DEFECTS if kinds is None else kinds)
-    for k in kinds_t:
-        if k not in DATASET_DEFECTS:
-            raise ValueError(f"unknown dataset defect kind {k!r}; choose from {tuple(DATASET_DEFECTS)}")
-    for f in fams:
-        _check_family(f, style)
-    hw = _size(size)
-    out = []
-    for f in fams:
-        name = f if style == 0 else f"{f}_style{style}"
-        out.append(
-            _write_category(
-                Path(root) / name, f, style, style, n_train, n_test_good, n_test_defect_per_kind, hw, seed, kinds_t
-            )
-        )
-    return out
-
-
-def generate_texture_shift(
-    root: str | Path,
-    family: str,
-    train_style: int = 0,
-    test_style: int = 1,
-    n_train: int = 60,
-    n_test_good: int = 20,
-    n_test_defect_per_kind: int = 6,
-    size: int | Sequence[int] = 256,
-    seed: int = 0,
-    kinds: Sequence[str] | None = None,
-) -> Path:
-    """Write a texture-change category ``root/<family>_s<a>_to_s<b>``: train on style a, test on style b.
-
-    The train and test images are the same as those of the single-style categories of
-    :func:`generate_dataset` (same seeds), so results are comparable. Returns the category folder.
-    """
-    _check_family(family, train_style)
-    _check_family(family, test_style)
-    kinds_t = tuple(DATASET_DEFECTS if kinds is None else kinds)
-    for k in kinds_t:
-        if k not in DATASET_DEFECTS:
-            raise ValueError(f"unknown dataset defect kind {k!r}; choose from {tuple(DATASET_DEFECTS)}")
-    out = Path(root) / f"{family}_s{train_style}_to_s{test_style}"
-    return _write_category(
-        out, family, train_style, test_style, n_train, n_test_good, n_test_defect_per_kind, _size(size), seed, kinds_t
-    )
