@@ -4,6 +4,7 @@ inspecting with a saved model never loads the trainer."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,15 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _sources() -> list[Path]:
+    """Every .py file of the package (following links: a development tree may link ``kernels/`` in)."""
+    out = []
+    for root, dirs, names in os.walk(PACKAGE, followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        out += [Path(root) / n for n in names if n.endswith(".py")]
+    return out
+
+
 def _resolve(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
@@ -33,7 +43,7 @@ def import_graph() -> dict[str, set[str]]:
     """``{module: modules of the package it imports}``, from every import statement (module level,
     functions and TYPE_CHECKING blocks alike); ``from x import y`` counts ``x.y`` when that is a module
     and ``x`` when ``y`` is a name defined in ``x``."""
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    files = {_module_name(p): p for p in _sources()}
     graph: dict[str, set[str]] = {m: set() for m in files}
     known = set(files) | {_module_name(p) for p in PACKAGE.glob("*.pyi")}  # + the compiled _native (a leaf)
     for mod, path in files.items():
