@@ -72,8 +72,9 @@ def check_geometry(image_size: Sequence[int], grid: Sequence[int]) -> tuple[tupl
 def resize_for_model(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
     """uint8 ``(H, W, 3)`` -> uint8 ``(h, w, 3)`` at the model's size (area interpolation, cubic when enlarging).
 
-    Any strides are fine. Raises ``patchloupe.data.ImageError`` for another image type or shape, ValueError for an
-    ``image_size`` that is not two positive whole numbers or exceeds the pixel limit (``patchloupe.data.io``).
+    Any strides are fine. Raises ``patchloupe.data.ImageError`` for another image type or shape or an image over
+    the pixel limit (``patchloupe.data.io.max_pixels``), ValueError for an ``image_size`` that is not two positive
+    whole numbers or exceeds the pixel limit.
     """
     from patchloupe.data.io import ImageError, max_pixels
 
@@ -89,6 +90,11 @@ def resize_for_model(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ImageError(f"resize_for_model takes a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    if image.shape[0] * image.shape[1] > max_pixels():
+        raise ImageError(
+            f"resize_for_model: a {image.shape[0]}x{image.shape[1]} image is more than the pixel limit of "
+            f"{max_pixels():,} (patchloupe.data.io.MAX_PIXELS)"
+        )
     image = np.ascontiguousarray(image)
     if image.shape[:2] == (h, w):
         return image
