@@ -102,6 +102,9 @@ def test_to_rgb_uint8_arrays(rgb: np.ndarray) -> None:
     assert g.shape == (13, 17, 3) and np.array_equal(g[..., 1], rgb[..., 0])
     assert to_rgb_uint8(rgb[..., :1]).shape == (13, 17, 3)
     assert to_rgb_uint8(rgb[::2, ::3]).flags.c_contiguous
+    rev = np.ascontiguousarray(rgb[:, :, ::-1])[:, :, ::-1]  # reversing it again is a contiguous view
+    out = to_rgb_uint8(rev, bgr=True)
+    assert not np.may_share_memory(out, rev)  # found by the fuzz: the result was a view of the input
 
 
 @pytest.mark.parametrize(

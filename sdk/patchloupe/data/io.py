@@ -145,8 +145,8 @@ def _check_pixels(img: np.ndarray, what: str, bgr: bool) -> np.ndarray:
         img = img[:, :, None]
     if img.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    if bgr:
-        return np.ascontiguousarray(img[:, :, ::-1])
+    if bgr:  # a copy even when the reversed view happens to be contiguous (an input that was reversed already)
+        img = img[:, :, ::-1]
     return np.array(img, dtype=np.uint8, order="C", copy=True)
 
 
