@@ -12,6 +12,7 @@ abort fails the test with a traceback instead of killing the test run; the child
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def _run_fuzz(cases: dict[str, int], derandomize: bool, timeout: float) -> dict[
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     for target, n in cases.items():
         assert sum(report[target].values()) >= n, (target, report[target])
+    logging.getLogger(__name__).info("fuzz outcomes per target: %s", report)
     return report
 
 
@@ -147,7 +149,7 @@ def _child(cases: dict[str, int], derandomize: bool) -> None:  # noqa: C901 - on
             mm[...] = a
             a = mm
         elif sub == "torch" and a.dtype in (np.uint8, np.float32, np.int64, np.bool_) and a.flags.writeable:
-            a = torch.from_numpy(np.ascontiguousarray(a))
+            a = torch.from_numpy(np.array(a, order="C", copy=True))
         elif sub == "bad":
 
             class Bad:
