@@ -55,13 +55,19 @@ def test_save_load_roundtrip_gives_identical_results(model_dir: Path) -> None:
     assert det.config.grid == (3, 3) and det.threshold == 0.5
 
 
+def _weights(folder: Path, entry: str) -> Path:
+    """The file that holds ``entry``'s weights (content-addressed names: see patchloupe.model_folder)."""
+    return folder / json.loads((folder / "detector.json").read_text())["files"][entry]
+
+
 def test_save_half_precision_and_overwrite(tmp_path: Path) -> None:
     det = _tiny()
     det.save(tmp_path / "m")
-    full = (tmp_path / "m" / "generator.safetensors").stat().st_size
+    full = _weights(tmp_path / "m", "generator").stat().st_size
     det.threshold = 0.25
-    det.save(tmp_path / "m", weights_dtype=torch.float16)  # replaces the folder atomically
-    assert (tmp_path / "m" / "generator.safetensors").stat().st_size < 0.6 * full
+    det.save(tmp_path / "m", weights_dtype=torch.float16)  # replaces the model atomically
+    assert _weights(tmp_path / "m", "generator").stat().st_size < 0.6 * full
+    assert len(list((tmp_path / "m").glob("generator*.safetensors"))) == 1  # the old weights are gone
     back = Detector.load(tmp_path / "m")
     assert back.threshold == 0.25
     assert abs(back.inspect(_img(2)).score - det.inspect(_img(2)).score) < 1e-2
@@ -80,12 +86,12 @@ def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
-    (broken / "comparator.safetensors").unlink()
+    _weights(broken, "comparator").unlink()
     with pytest.raises(ModelError, match="comparator.safetensors"):
         Detector.load(broken)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(model_dir, corrupt)
-    with open(corrupt / "generator.safetensors", "r+b") as fh:
+    with open(_weights(corrupt, "generator"), "r+b") as fh:
         fh.seek(200)
         fh.write(b"\x00garbage\x00")
     with pytest.raises(ModelError, match="checksum"):
@@ -100,8 +106,7 @@ def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_
     mismatch = tmp_path / "mismatch"
     shutil.copytree(model_dir, mismatch)
     meta = json.loads((mismatch / "detector.json").read_text())
-    meta["scorer_config"]["generator"]["embed_dim"] = 8
-    meta.pop("sha256")
+    meta["scorer_config"]["generator"]["embed_dim"] = 8  # the weight checksums still match: the config does not
     (mismatch / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="do not fit"):
         Detector.load(mismatch)

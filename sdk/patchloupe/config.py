@@ -61,7 +61,7 @@ class DetectorConfig:
         if isinstance(far, bool) or not isinstance(far, numbers.Real) or not 0.0 < float(far) < 1.0:
             raise ValueError(f"false_alarm_rate must be a number in (0, 1), got {far!r}")
         self.false_alarm_rate = float(far)
-        if self.scorer not in SCORERS:
+        if not isinstance(self.scorer, str) or self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {tuple(SCORERS)}, got {self.scorer!r}")
         if not isinstance(self.input_policy, InputPolicy):
             self.input_policy = InputPolicy.from_dict(self.input_policy)

@@ -14,7 +14,7 @@ import numpy as np
 from patchloupe import pipeline
 from patchloupe.calibration import threshold_from_scores
 from patchloupe.config import DetectorConfig, check_threshold
-from patchloupe.model_folder import ModelError
+from patchloupe.errors import ModelError
 from patchloupe.persistence import default_model_dir, read_model, write_model
 from patchloupe.preprocess import ImageLike
 from patchloupe.results import InspectionError, InspectionResult

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from patchloupe.config import DetectorConfig
-from patchloupe.model_folder import ModelError, read_model_folder, write_model_folder
+from patchloupe.errors import ModelError
 from patchloupe.scorers import scorer_class
 from patchloupe.scorers.base import Scorer
 
@@ -60,24 +60,21 @@ def _split_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return common, settings
 
 
-def _entries(meta: dict[str, Any]) -> tuple[str, ...]:
-    """The tensor entries the saved scorer needs."""
-    try:
-        return scorer_class(meta.get("scorer", "pattern")).entries
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"detector.json: {exc}") from exc
-
-
 def read_model(path: str | os.PathLike[str] | None = None) -> tuple[DetectorConfig, Scorer]:
     """Load a model folder (the built-in default model when ``path`` is None); any failure is a ``ModelError``."""
+    from patchloupe.model_folder import read_model_folder  # torch: only for models saved by this package
+
     folder = Path(path) if path is not None else default_model_dir()
-    meta, tensors = read_model_folder(folder, required=_entries)
+    meta, tensors = read_model_folder(folder)
     common, settings = _split_meta(meta)
     try:
         config = DetectorConfig(**common)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{str(folder)!r}: detector.json holds an invalid configuration ({exc})") from exc
     cls = scorer_class(config.scorer)
+    missing = [e for e in cls.entries if e not in tensors]
+    if missing:
+        raise ModelError(f"{str(folder)!r} is missing {', '.join(f'{e}.safetensors' for e in missing)}")
     try:
         scorer = cls.from_saved(settings, tensors, config.image_size, config.grid)
     except (RuntimeError, TypeError, KeyError, ValueError, IndexError) as exc:
@@ -89,6 +86,12 @@ def read_model(path: str | os.PathLike[str] | None = None) -> tuple[DetectorConf
 def write_model(
     path: str | os.PathLike[str], config: DetectorConfig, scorer: Scorer, weights_dtype: Any = None
 ) -> Path:
-    """Write ``config`` and ``scorer`` as a format-3 model folder (atomic; see ``patchloupe.model_folder``)."""
+    """Write ``config`` and ``scorer`` as a format-3 model folder (atomic; see ``patchloupe.model_folder``);
+    ``weights_dtype`` (torch.float32 when None, or float16 / bfloat16) for the floating-point tensors."""
+    import torch
+
+    from patchloupe.model_folder import write_model_folder
+
     meta = {"format_version": FORMAT_VERSION, **config.to_dict(), "scorer_config": scorer.settings()}
-    return write_model_folder(path, meta, scorer.tensors(), weights_dtype=weights_dtype)
+    dtype = torch.float32 if weights_dtype is None else weights_dtype
+    return write_model_folder(path, meta, scorer.tensors(), weights_dtype=dtype)
