@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the oldest frame when inference falls behind a live source (default: on for cameras and "
         "streams; files, folders, videos and hot folders are never dropped)",
     )
-    s.add_argument("--queue", type=_positive_int, default=None, help="frames read ahead (default: 2 x batch size)")
+    s.add_argument(
+        "--queue", type=_positive_int, default=None, help="frames read ahead (default: batch size if live, else 2x)"
+    )
     s.add_argument(
         "--reconnects",
         type=int,

@@ -171,7 +171,8 @@ class Stream:
         self.batch_size = batch_size
         self.threshold = threshold
         self.keep_image = keep_image
-        self.queue_size = queue_size or max(2, 2 * batch_size)
+        # live sources: a short queue keeps latency low; files: enough read-ahead to fill the next batch
+        self.queue_size = queue_size or max(2, batch_size if self.source.live else 2 * batch_size)
         self.on_event = on_event
         self.stats = StreamStats()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.queue_size)
@@ -336,7 +337,7 @@ def stream(det: Any, source: Any, **kwargs: Any) -> Stream:
         drop: drop the oldest queued frame when inference falls behind (default: True for live sources;
             never applied to files, folders, videos or hot folders).
         every: inspect every N-th video or stream frame.
-        queue_size: frames read ahead (default ``max(2, 2 * batch_size)``).
+        queue_size: frames read ahead (default ``max(2, batch_size)`` for live sources, else ``2 * batch_size``).
         keep_image: keep the image in each result (needed for ``result.save``/``plot``).
         watch: treat the folder ``source`` as a hot folder (new files, once completely written).
         exclude: folders never read (e.g. the output folder).
@@ -345,5 +346,6 @@ def stream(det: Any, source: Any, **kwargs: Any) -> Stream:
 
     Returns:
         A :class:`Stream`: iterate it; ``.stats`` has the counters, ``.stop()`` ends it after the batch in flight.
+        Leaving the loop early? ``close()`` it (or use ``with stream(...) as s:``) to release a camera at once.
     """
     return Stream(det, source, **kwargs)
