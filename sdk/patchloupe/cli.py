@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+STATUS_EVERY_S = 30.0  # status line period when stderr is not a terminal
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -107,16 +109,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    last = 0.0
+    # no terminal (a service's log): an endless source still reports a status line now and then
+    log_status = bar.disable and not args.quiet and source.endless
+    last = last_logged = time.monotonic()
     try:
         for item in s:
             outputs.write(item)
             if not item.ok:
                 tqdm.write(f"error: {item.source}: {item.result.error}", file=sys.stderr)
             bar.update(1)
-            if time.monotonic() - last > 0.5:
+            now = time.monotonic()
+            if now - last > 0.5:
                 bar.set_postfix_str(s.stats.line(), refresh=False)
-                last = time.monotonic()
+                last = now
+            if log_status and now - last_logged > STATUS_EVERY_S:
+                print(f"status: {s.stats.line()}", file=sys.stderr, flush=True)
+                last_logged = now
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
