@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,7 @@ def main() -> None:
         "returncode": proc.returncode,
     }
     print(json.dumps(report))
+    shutil.rmtree(tmp, ignore_errors=True)  # the video is large (about 230 kB a frame at 480 x 640)
 
 
 if __name__ == "__main__":
