@@ -144,7 +144,7 @@ def test_hot_folder_inspects_files_once_completely_written(tmp_path: Path) -> No
         (hot / "bad.png").write_bytes(b"garbage")
 
     stop = threading.Event()
-    src = HotFolder(hot, settle_s=0.4, poll_s=0.05)
+    src = HotFolder(hot, settle_s=0.4, poll_s=0.05, grace_s=1.0)
     got: list[Frame] = []
     writer = threading.Thread(target=slow_writer)
     writer.start()
@@ -160,3 +160,27 @@ def test_hot_folder_inspects_files_once_completely_written(tmp_path: Path) -> No
     np.testing.assert_array_equal(got[1].image, cv2.cvtColor(big, cv2.COLOR_BGR2RGB))  # the whole file, once
     assert got[2].image is None and "not a readable image" in got[2].error
     assert HotFolder(hot, existing=False).existing is False
+
+
+def test_hot_folder_waits_for_a_writer_that_pauses(tmp_path: Path) -> None:
+    img = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", img)[1].tobytes()
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(tmp_path / "p.png", "wb") as f:
+            f.write(data[:100])
+            f.flush()
+            time.sleep(0.6)  # longer than settle_s: looks complete, does not decode yet
+            f.write(data[100:])
+
+    t = threading.Thread(target=writer)
+    t.start()
+    watchdog = threading.Timer(10.0, stop.set)
+    watchdog.start()
+    frame = next(iter(HotFolder(tmp_path, settle_s=0.1, poll_s=0.05, grace_s=3.0).frames(stop)))
+    stop.set()
+    watchdog.cancel()
+    t.join()
+    assert frame.error is None
+    np.testing.assert_array_equal(frame.image, cv2.cvtColor(img, cv2.COLOR_BGR2RGB))

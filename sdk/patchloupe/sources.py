@@ -353,8 +353,9 @@ class HotFolder(Source):
     Polling (every ``poll_s``) rather than file-system events, so that it also works on network shares.
     Hidden files (``.x``, which is how careful writers stage a file before renaming it) and files under
     ``exclude`` are skipped. ``existing=True`` also inspects the files present at start. A file rewritten
-    later (new size or time) is inspected again. Only files still present are remembered, so memory stays
-    flat as long as files are moved away.
+    later (new size or time) is inspected again. An image that does not decode is retried until it has
+    been unchanged for ``grace_s`` (a writer that paused longer than ``settle_s``), then reported. Only
+    files still present are remembered, so memory stays flat as long as files are moved away.
     """
 
     endless = True
@@ -367,11 +368,13 @@ class HotFolder(Source):
         existing: bool = True,
         every: int = 1,
         exclude: Sequence[str] = (),
+        grace_s: float = 5.0,
     ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no such folder to watch")
         self.settle_s, self.poll_s, self.existing, self.every = settle_s, poll_s, existing, every
+        self.grace_s = max(grace_s, settle_s)
         self._exclude = [Path(e).resolve() for e in exclude]
 
     def _scan(self) -> dict[Path, tuple[int, int]]:
@@ -409,13 +412,18 @@ class HotFolder(Source):
                     continue
                 if now - prev[1] < self.settle_s:
                     continue
-                done[f] = sig
-                del seen[f]
                 name = str(f.relative_to(self.folder).with_suffix(""))
                 if f.suffix.lower() in VIDEO_SUFFIXES:
+                    done[f] = sig
+                    del seen[f]
                     yield from _video_frames(str(f), self.every, name, stop)
                 else:
-                    yield _read_still(str(f), name)
+                    frame = _read_still(str(f), name)
+                    if frame.error is not None and now - prev[1] < self.grace_s:
+                        continue  # maybe still being written: try again at the next poll
+                    done[f] = sig
+                    del seen[f]
+                    yield frame
                 if stop.is_set():
                     return
             stop.wait(self.poll_s)
