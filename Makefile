@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip
-EXTRAS ?= dev,triton,onnxruntime
+EXTRAS ?= dev,triton,onnxruntime,serve
 PYTEST_ARGS ?=
 
 .PHONY: venv install dev demo test test-slow test-kernels bench bench-gpu lint clean

@@ -46,3 +46,98 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- streaming, CLI and service tests
+def tiny_detector(seed: int = 0):  # noqa: ANN201 - returns a patchloupe Detector
+    """A detector with the tiny generator preset (untrained, 96 x 96, 3 x 3 grid): fast, deterministic."""
+    import torch
+    from patchloupe import Detector
+    from patchloupe.detector import DetectorConfig
+    from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+    from patchloupe.models.generator import build_generator
+
+    torch.manual_seed(seed)
+    gen = build_generator("tiny")
+    comp = PatternComparator(ComparatorConfig())
+    cfg = DetectorConfig(
+        image_size=(96, 96),
+        grid=(3, 3),
+        generator=gen.config.to_dict(),
+        comparator=comp.config.to_dict(),
+        threshold=0.5,
+    )
+    return Detector(gen, comp, cfg)
+
+
+def write_video(path, n: int, size: tuple[int, int] = (48, 64), fps: int = 25, seed: int = 0):  # noqa: ANN001, ANN201
+    """Write an MJPG AVI of ``n`` random frames of ``size`` (H, W); returns the path."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        writer.write(np.roll(base, i, axis=1))
+    writer.release()
+    return path
+
+
+class MJPEGServer:
+    """An MJPEG-over-HTTP camera on 127.0.0.1 (multipart/x-mixed-replace), as IP cameras serve it.
+
+    Each connection streams ``frames_per_connection`` JPEG frames, ``interval_s`` apart, then closes (a
+    stream that stops); ``connections`` counts the connections served."""
+
+    def __init__(self, frames_per_connection: int = 10, interval_s: float = 0.01, size: tuple[int, int] = (48, 64)):
+        import http.server
+        import socketserver
+        import threading
+        import time
+
+        import cv2
+        import numpy as np
+
+        self.connections = 0
+        server = self
+        jpegs = []
+        for i in range(frames_per_connection):
+            img = np.full((*size, 3), (i * 23) % 256, np.uint8)
+            jpegs.append(cv2.imencode(".jpg", img)[1].tobytes())
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for jpg in jpegs:
+                        head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                        self.wfile.write(head + jpg + b"\r\n")
+                        self.wfile.flush()
+                        time.sleep(interval_s)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/stream.mjpg"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def mjpeg_server() -> Iterator[MJPEGServer]:
+    srv = MJPEGServer()
+    yield srv
+    srv.close()

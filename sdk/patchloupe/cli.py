@@ -1,4 +1,4 @@
-"""``patchloupe`` command line: mirrors the Python API (fit, inspect, evaluate, demo, pretrain, generate)."""
+"""``patchloupe`` command line: mirrors the Python API (fit, inspect, serve, evaluate, demo, pretrain, generate)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+import time
+from collections.abc import Sequence
 from typing import Any
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+STATUS_EVERY_S = 30.0  # status line period when stderr is not a terminal
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _grid(text: str) -> tuple[int, int] | str:
@@ -38,106 +47,120 @@ def _load(model: str | None) -> Any:
     return Detector.load(model)
 
 
-def _expand_inputs(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
-    """Yield (kind, path) with kind in image/video/missing; folders expand to their images and videos."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-            if not files:
-                yield "missing", f"{p} (a folder with no images or videos)"
-            for f in files:
-                yield ("video" if f.suffix.lower() in VIDEO_SUFFIXES else "image"), str(f)
-        elif p.is_file():
-            yield ("video" if p.suffix.lower() in VIDEO_SUFFIXES else "image"), str(p)
-        else:
-            yield "missing", str(p)
-
-
-def _video_frames(path: str, every: int) -> Iterator[Any]:
-    import cv2
-
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"{path}: cannot open the video")
-    try:
-        i = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i % every == 0:
-                yield i, frame
-            i += 1
-    finally:
-        cap.release()
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from tqdm import tqdm
 
-    det = _load(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    n_ok = n_bad = n_anom = 0
-    records: list[dict[str, Any]] = []
+    from patchloupe.outputs import RunOutputs
+    from patchloupe.sources import open_source
+    from patchloupe.stream import stream
 
-    def handle(res: Any, name: str) -> None:
-        nonlocal n_ok, n_bad, n_anom
-        if not res.ok:
-            n_bad += 1
-            print(f"error: {res.source or name}: {res.error}", file=sys.stderr)
-            records.append({"source": res.source or name, "error": res.error})
-            return
-        n_ok += 1
-        n_anom += int(res.is_anomalous)
-        res.source = res.source or name
-        if not args.no_images:
-            res.save(out / f"{name}.png")
-        d = res.to_dict()
-        records.append(d)
-        if args.json:
-            print(json.dumps(d), flush=True)
-
-    inputs = list(_expand_inputs(args.paths))
-    images = [p for kind, p in inputs if kind == "image"]
-    for kind, p in inputs:
-        if kind == "missing":
-            n_bad += 1
-            print(f"error: {p}: no such file or folder", file=sys.stderr)
-            records.append({"source": p, "error": "no such file or folder"})
-    bar = tqdm(total=len(images), desc="inspect", unit="img", disable=args.quiet or args.json)
-    names = _unique_names(images)
-    for res, name in zip(det.inspect_many(images, batch_size=args.batch_size, threshold=args.threshold), names):
-        handle(res, name)
-        bar.update(1)
-    bar.close()
-    for kind, p in inputs:
-        if kind != "video":
-            continue
-        stem = Path(p).stem
-        try:
-            frames = list(_video_frames(p, args.every))
-        except ValueError as exc:
-            n_bad += 1
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        results = det.inspect_many(
-            (f for _, f in frames), batch_size=args.batch_size, threshold=args.threshold, bgr=True
+    if bool(args.sources) == bool(args.watch):
+        raise ValueError(
+            "give either SOURCE... (files, folders, globs, videos, a camera index or a URL) or --watch DIR"
         )
-        for (i, _), res in zip(frames, tqdm(results, total=len(frames), desc=stem, disable=args.quiet or args.json)):
-            res.source = f"{p}#frame={i}"
-            handle(res, f"{stem}_f{i:06d}")
-    (out / "results.json").write_text(json.dumps(records, indent=2))
-    if not args.json:
-        print(f"{n_ok} inspected, {n_anom} anomalous, {n_bad} failed; results in {out}")
-    return 1 if n_bad else 0
+    save = "none" if args.no_images else args.save
+    source = open_source(
+        args.watch or args.sources,
+        every=args.every,
+        watch=bool(args.watch),
+        exclude=[args.out],
+        max_reconnects=args.reconnects,
+    )
+    outputs = RunOutputs(args.out, save=save, echo=sys.stdout if args.json else None)  # fails now if unwritable
+    try:
+        det = _load(args.model)
+    except BaseException:
+        outputs.close()
+        raise
+    total = None if source.endless else source.total()
+    bar = tqdm(
+        total=total,
+        desc="inspect",
+        unit="frame",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=True if args.quiet else None,  # None: shown on a terminal only
+    )
+
+    def on_event(ev: Any) -> None:
+        tqdm.write(f"warning: {ev.origin}: {ev.message}", file=sys.stderr)
+
+    s = stream(
+        det,
+        source,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        drop=args.drop,
+        queue_size=args.queue,
+        keep_image=save != "none",
+        on_event=on_event,
+    )
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopped_by:  # a second signal: stop now
+            raise KeyboardInterrupt
+        stopped_by.append(signal.Signals(signum).name)
+        s.stop()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # no terminal (a service's log): an endless source still reports a status line now and then
+    log_status = bar.disable and not args.quiet and source.endless
+    last = last_logged = time.monotonic()
+    try:
+        for item in s:
+            outputs.write(item)
+            if not item.ok:
+                tqdm.write(f"error: {item.source}: {item.result.error}", file=sys.stderr)
+            bar.update(1)
+            now = time.monotonic()
+            if now - last > 0.5:
+                bar.set_postfix_str(s.stats.line(), refresh=False)
+                last = now
+            if log_status and now - last_logged > STATUS_EVERY_S:
+                print(f"status: {s.stats.line()}", file=sys.stderr, flush=True)
+                last_logged = now
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        s.close()
+        bar.set_postfix_str(s.stats.line(), refresh=False)
+        bar.close()
+        outputs.close()
+    st = s.stats
+    extra = f", {st.dropped} dropped" if st.dropped else ""
+    extra += f", {st.reconnects} reconnects" if st.reconnects else ""
+    extra += f"; stopped by {stopped_by[0]}" if stopped_by else ""
+    summary = f"{st.inspected} inspected, {st.flagged} anomalous, {st.failed} failed{extra}; results in {args.out}"
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    if stopped_by and not source.endless:
+        return 130  # a finite input left unfinished
+    return 1 if st.failed or st.source_errors else 0
 
 
-def _unique_names(paths: Sequence[str]) -> list[str]:
-    """Output names from file stems, disambiguated with the parent folder when stems repeat."""
-    stems = [Path(p).stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [f"{Path(p).parent.name}_{s}" if s in dup else s for p, s in zip(paths, stems)]
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from patchloupe.serve import serve
+    except ImportError as exc:
+        print(f"error: the service needs the 'serve' extra: pip install 'patchloupe[serve]' ({exc})", file=sys.stderr)
+        return 2
+    det = _load(args.model)
+    if args.threshold is not None:
+        det.threshold = args.threshold
+    serve(
+        det,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        model_id=args.model or "default",
+    )
+    return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -226,17 +249,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="inspect images, folders or videos")
-    s.add_argument("paths", nargs="+", help="image files, folders, or video files")
+    s = sub.add_parser(
+        "inspect",
+        help="inspect images, folders, globs, videos, cameras, streams or a hot folder",
+        description="Inspect a source as its frames arrive. SOURCE is an image, a folder (searched recursively), "
+        "a glob ('parts/**/*.png'), a video, a camera index (0) or a stream URL (rtsp://, http://); "
+        "--watch DIR inspects each new file of a hot folder once it is completely written. One JSON line per "
+        "result goes to DIR/results.jsonl (and stdout with --json), results.json is written at the end.",
+    )
+    s.add_argument("sources", nargs="*", metavar="SOURCE", help="files, folders, globs, videos, camera index, URL")
+    s.add_argument("--watch", metavar="DIR", help="hot folder: inspect new files once completely written")
     s.add_argument("--model", help="model folder (default: the built-in model)")
-    s.add_argument("--out", required=True, help="output folder for overlays and results.json")
-    s.add_argument("--json", action="store_true", help="print one JSON line per result")
+    s.add_argument("--out", required=True, help="output folder for overlays, results.jsonl and results.json")
+    s.add_argument("--json", action="store_true", help="also print one JSON line per result (errors too) to stdout")
     s.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--every", type=int, default=1, help="inspect every N-th video frame")
-    s.add_argument("--no-images", action="store_true", help="write no overlay images")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--batch-size", type=_positive_int, default=8)
+    s.add_argument("--every", type=_positive_int, default=1, help="inspect every N-th video or stream frame")
+    s.add_argument(
+        "--save",
+        choices=("all", "flagged", "none"),
+        default="flagged",
+        help="overlays to save (default: flagged)",
+    )
+    s.add_argument("--no-images", action="store_true", help="same as --save none")
+    s.add_argument(
+        "--drop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop the oldest frame when inference falls behind a live source (default: on for cameras and "
+        "streams; files, folders, videos and hot folders are never dropped)",
+    )
+    s.add_argument(
+        "--queue", type=_positive_int, default=None, help="frames read ahead (default: batch size if live, else 2x)"
+    )
+    s.add_argument(
+        "--reconnects",
+        type=int,
+        default=None,
+        help="cameras and streams: give up after N failed reconnects in a row (default: retry forever)",
+    )
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP on this machine (needs the 'serve' extra)")
+    s.add_argument("model", nargs="?", default=None, help="model folder (default: the built-in model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--threshold", type=float, default=None, help="start with this threshold")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
+    s.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="largest accepted image (H x W)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("fit", help="train a detector on defect-free images")
     s.add_argument("images", help="folder of defect-free images")

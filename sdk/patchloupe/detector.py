@@ -131,8 +131,10 @@ class Detector:
         thr = self._threshold(threshold)
         return pipeline.run(self.scorer, images, thr, bgr, keep_image, batch_size, on_error, self.config.input_policy)
 
-    def stream(self, source: Any, **kwargs: Any) -> Iterator[Any]:
-        """Inspect a live or finite source (see ``patchloupe.stream.stream``) as frames arrive."""
+    def stream(self, source: Any, **kwargs: Any) -> Any:
+        """Inspect a source (file, folder, glob, video, camera index, stream URL; ``watch=True`` for a hot
+        folder) as frames arrive: a ``patchloupe.stream.Stream`` of ``StreamResult`` records (see
+        ``patchloupe.stream.stream`` for the options)."""
         from patchloupe.stream import stream
 
         return stream(self, source, **kwargs)
