@@ -56,18 +56,13 @@ def tiny_detector(seed: int = 0):  # noqa: ANN201 - returns a patchloupe Detecto
     from patchloupe.detector import DetectorConfig
     from patchloupe.models.comparator import ComparatorConfig, PatternComparator
     from patchloupe.models.generator import build_generator
+    from patchloupe.scorers.pattern import PatternScorer
 
     torch.manual_seed(seed)
     gen = build_generator("tiny")
     comp = PatternComparator(ComparatorConfig())
-    cfg = DetectorConfig(
-        image_size=(96, 96),
-        grid=(3, 3),
-        generator=gen.config.to_dict(),
-        comparator=comp.config.to_dict(),
-        threshold=0.5,
-    )
-    return Detector(gen, comp, cfg)
+    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3), threshold=0.5)
+    return Detector(PatternScorer(gen, comp, (96, 96), (3, 3)), cfg)
 
 
 def write_video(path, n: int, size: tuple[int, int] = (48, 64), fps: int = 25, seed: int = 0):  # noqa: ANN001, ANN201
