@@ -156,3 +156,13 @@ def test_stats_percentiles_and_line() -> None:
     assert st.latency_ms(50) == pytest.approx(150.5) and st.latency_ms(100) == 200.0  # the last 100 only
     st.frames_in, st.inspected, st.dropped, st.flagged = 10, 8, 2, 1
     assert st.line().startswith("in 10 | inspected 8 | dropped 2 | flagged 1 | p50 150 ms")
+
+
+def test_detector_stream_is_the_stream_function(tmp_path) -> None:  # noqa: ANN001
+    from conftest import tiny_detector, write_video
+
+    det = tiny_detector()
+    video = write_video(tmp_path / "v.avi", 3)
+    with det.stream(str(video)) as s:
+        records = list(s)
+    assert len(records) == 3 and all(r.ok for r in records)
