@@ -159,8 +159,6 @@ def test_stats_percentiles_and_line() -> None:
 
 
 def test_detector_stream_is_the_stream_function(tmp_path) -> None:  # noqa: ANN001
-    from conftest import tiny_detector, write_video
-
     det = tiny_detector()
     video = write_video(tmp_path / "v.avi", 3)
     with det.stream(str(video)) as s:
