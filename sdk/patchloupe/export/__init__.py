@@ -76,15 +76,15 @@ def export_detector(
         raise ValueError(f"a {type(scorer).__name__} cannot be exported (it has no export_module)")
     from patchloupe.export.onnx_graph import write_onnx
 
-    out = graph_path(path, format)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx_file = out if format == "onnx" else out.with_suffix(".tmp.onnx")
     if format == "engine":
         from patchloupe.export.engine import tensorrt_problem
 
         problem = tensorrt_problem()  # before the (slow) trace
         if problem is not None:
             raise RuntimeError(problem)
+    out = graph_path(path, format)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx_file = out if format == "onnx" else out.with_suffix(".tmp.onnx")
     # OpenVINO stores float16 weights itself (compress_to_fp16) and computes in float32 on CPU
     net_half = half and format != "openvino"
     info = write_onnx(scorer, onnx_file, half=net_half, batch=batch, opset=opset, simplify=simplify)
