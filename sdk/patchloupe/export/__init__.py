@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from patchloupe.artefact import GRAPH_STEM, SUFFIXES, write_meta
-
-if TYPE_CHECKING:
-    from patchloupe.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ def graph_path(path: str | os.PathLike[str], fmt: str) -> Path:
 
 
 def export_detector(
-    det: Detector,
+    det: Any,
     path: str | os.PathLike[str],
     format: str = "onnx",  # noqa: A002 - the public keyword
     half: bool | None = None,
@@ -48,7 +46,7 @@ def export_detector(
     calibration: Sequence[Any] | None = None,
     simplify: bool = False,
 ) -> Path:
-    """Export ``det`` (see the module docstring); returns the graph file's path.
+    """Export the ``Detector`` ``det`` (see the module docstring); returns the graph file's path.
 
     ``half``: float16 networks (default: True for ``engine``, False otherwise); ``int8``: ONNX Runtime
     quantization of the ``onnx`` graph, static when ``calibration`` (defect-free images) is given, else
@@ -111,9 +109,8 @@ def export_detector(
     return out
 
 
-def _metadata(det: Detector, fmt: str, precision: str, batch: int | str, opset: int, info: dict) -> dict[str, Any]:
-    from patchloupe import __version__
-
+def _metadata(det: Any, fmt: str, precision: str, batch: int | str, opset: int, info: dict) -> dict[str, Any]:
+    __version__ = sys.modules["patchloupe"].__version__  # the parent package (importing it would be a cycle)
     scorer = det.scorer
     h, w = scorer.image_size
     b = "B" if batch == "dynamic" else 1
