@@ -76,3 +76,23 @@ def build_engine(onnx_file: Path, out: Path, half: bool = True, batch: int | str
         raise RuntimeError("TensorRT failed to build the engine (see its log above)")
     Path(out).write_bytes(bytes(engine))
     return {"tensorrt_version": trt.__version__, "strongly_typed": strongly, "max_batch": MAX_BATCH}
+
+
+def engine_artefact(onnx_graph: str | Path, out: str | Path | None = None) -> Path:
+    """Build an engine from an exported ONNX artefact on the target device, without torch (Jetson recipe in
+    the README): writes ``out`` (default: ``<stem>_trt.engine`` beside the graph; the JSON beside a graph is
+    ``<stem>.json``, so the engine needs a stem of its own) and its JSON; returns its path."""
+    from patchloupe.artefact import read_meta, write_meta
+
+    graph, meta = read_meta(onnx_graph)
+    if meta["graph_format"] != "onnx":
+        raise ValueError(f"an engine is built from an ONNX graph, not from {meta['graph_format']!r}")
+    target = Path(out) if out is not None else graph.with_name(f"{graph.stem}_trt.engine")
+    if target.with_suffix(".json") == graph.with_suffix(".json"):
+        raise ValueError(f"{target.name} would share {graph.stem}.json with the ONNX graph: give it another name")
+    if target.suffix != ".engine":
+        raise ValueError(f"the engine file must end with .engine, got {target.name}")
+    info = build_engine(graph, target, half=meta.get("precision") == "fp16", batch=meta.get("batch", 1))
+    drop = ("kind", "artefact_version", "graph", "graph_sha256")
+    write_meta(target, {**{k: v for k, v in meta.items() if k not in drop}, "graph_format": "engine", **info})
+    return target
