@@ -44,6 +44,8 @@ def write_onnx(
     if batch == "dynamic":
         dynamic = {name: {0: "batch"} for name in ["images", *outputs]}
     path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():  # one eager pass first: cached per-size constants (Swin window masks) stay constants
+        net(example)
     with warnings.catch_warnings(), attention_backend("reference"), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on python ints taken from shapes (static by design)
         torch.onnx.export(
