@@ -70,7 +70,7 @@ def main() -> None:
     if not args.skip_pattern:
         runs.insert(0, ("pattern-default", None, None))
     for name, model, data in runs:
-        rows = run_benchmark(model, data, out / name, formats=args.formats, threads=2, repeats=10)
+        rows = run_benchmark(model, data, out / name, formats=args.formats, threads=2, repeats=5)
         (out / name / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
         results[name] = rows
         print(f"\n### {name} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})\n\n{to_markdown(rows)}", flush=True)
