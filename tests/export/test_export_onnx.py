@@ -47,6 +47,35 @@ def test_window_attention_is_matmul_add_softmax_matmul_with_the_scale_on_q(expor
         assert [c.op_type for c in consumers[sm.output[0]]] == ["MatMul"]
 
 
+@pytest.mark.slow
+def test_shifted_window_blocks_export_the_mask_as_an_add_and_keep_parity(tmp_path) -> None:
+    """The tiny preset has one block per stage (never shifted): a 2-block first stage has a shift mask."""
+    import torch
+    from patchloupe.config import DetectorConfig
+    from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+    from patchloupe.models.generator import build_generator
+    from patchloupe.scorers.pattern import PatternScorer
+
+    torch.manual_seed(1)
+    gen = build_generator("tiny", depths=(2, 1, 1, 1))
+    ref = Detector(PatternScorer(gen, PatternComparator(ComparatorConfig()), (96, 96), (3, 3)),
+                   DetectorConfig(image_size=(96, 96), grid=(3, 3)))  # fmt: skip
+    path = ref.export(tmp_path / "s.onnx")
+    model = onnx.load(str(path))
+    assert "ScatterND" not in {n.op_type for n in model.graph.node}  # masks are constants, not rebuilt per call
+    producer = {o: n for n in model.graph.node for o in n.output}
+    forms = set()
+    for sm in (n for n in model.graph.node if n.op_type == "Softmax"):
+        n, seen = producer[sm.input[0]], []
+        while n.op_type != "MatMul":
+            seen.append(n.op_type)
+            n = producer[n.input[0]]
+        forms.add(tuple(seen))
+    assert ("Reshape", "Add", "Reshape", "Add") in forms and ("Add",) in forms
+    img = striped_surface(2, (96, 96), hole=True)
+    assert abs(Detector.load(path).inspect(img).score - ref.inspect(img).score) <= 1e-4
+
+
 def test_artefact_json_describes_the_graph_and_keeps_the_threshold_outside(
     tiny_pattern_detector, exported_graphs
 ) -> None:
