@@ -101,6 +101,8 @@ def small_memory_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a De
 @pytest.fixture(scope="session")
 def exported_graphs(tiny_pattern_detector, small_memory_detector, tmp_path_factory):  # noqa: ANN001, ANN201
     """Both detectors exported to ONNX with a dynamic batch: ``{"pattern": Path, "memory": Path}`` (graph files)."""
+    pytest.importorskip("onnx", reason="export needs the 'export' extra")
+    pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
     out = tmp_path_factory.mktemp("exported")
     return {
         "pattern": tiny_pattern_detector.export(out / "pattern.onnx", batch="dynamic"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from conftest import striped_surface
 from patchloupe import Detector
 from patchloupe.export import export_detector, graph_path
 from patchloupe.export.onnx_graph import ALLOWED_OPS
+
+onnx = pytest.importorskip("onnx", reason="export needs the 'export' extra")
 
 
 @pytest.mark.parametrize("kind", ["pattern", "memory"])

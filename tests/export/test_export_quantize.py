@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from conftest import striped_surface
 from patchloupe import Detector
+
+onnx = pytest.importorskip("onnx", reason="export needs the 'export' extra")
 
 
 @pytest.mark.slow
