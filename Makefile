@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip
-EXTRAS ?= dev,triton,onnxruntime,serve
+EXTRAS ?= dev,triton,onnxruntime,serve,export,openvino
 PYTEST_ARGS ?=
 
 .PHONY: venv install dev demo test test-slow test-kernels bench bench-gpu lint clean
@@ -48,6 +48,7 @@ test-kernels: install
 
 bench: install
 	$(PY) -m pytest benchmarks -m "not gpu" --benchmark-only --benchmark-columns=median,iqr,ops
+	$(BIN)/patchloupe benchmark --out benchmark_out
 
 bench-gpu: install
 	$(PY) benchmarks/gpu_attention.py
@@ -57,4 +58,4 @@ lint: $(VENV)/.deps-stamp
 	$(PY) -m ruff format --check sdk kernels tests benchmarks
 
 clean:
-	rm -rf build dist demo_out .pytest_cache
+	rm -rf build dist demo_out benchmark_out .pytest_cache

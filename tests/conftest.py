@@ -19,6 +19,7 @@ try:  # only decide on the interpreter when there is no GPU
 except ImportError:  # pragma: no cover - torch is a hard dependency
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -136,3 +137,64 @@ def mjpeg_server() -> Iterator[MJPEGServer]:
     srv = MJPEGServer()
     yield srv
     srv.close()
+
+
+# ---------------------------------------------------------------------------------------------- export
+def striped_surface(seed: int, shape: tuple[int, int] = (64, 64), hole: bool = False) -> np.ndarray:
+    """A stationary striped texture with noise, RGB uint8 ``(*shape, 3)``; ``hole`` adds a dark disc."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    x = np.arange(w)
+    base = 128 + 50 * np.sin(2 * np.pi * (x[None, :] + rng.integers(8)) / 8.0) + rng.normal(0, 6, (h, w))
+    img = np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    img[..., 1] = np.clip(img[..., 1].astype(int) + 20, 0, 255)  # not grey: channel order matters
+    if hole:
+        cv2.circle(img, (int(w * 0.6), int(h * 0.4)), max(3, h // 10), (10, 10, 10), -1)
+    return img
+
+
+@pytest.fixture(scope="session")
+def tiny_pattern_detector():  # noqa: ANN201 - a Detector
+    """An untrained tiny-preset pattern detector on 96 x 96 / 3 x 3, calibrated on clean surfaces."""
+    import torch
+    from patchloupe import Detector
+    from patchloupe.config import DetectorConfig
+    from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+    from patchloupe.models.generator import build_generator
+    from patchloupe.scorers.pattern import PatternScorer
+
+    torch.manual_seed(0)
+    scorer = PatternScorer(build_generator("tiny"), PatternComparator(ComparatorConfig()), (96, 96), (3, 3))
+    det = Detector(scorer, DetectorConfig(image_size=(96, 96), grid=(3, 3)))
+    det.calibrate([striped_surface(s, (96, 96)) for s in range(6)], false_alarm_rate=0.2)
+    return det
+
+
+@pytest.fixture(scope="session")
+def small_memory_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a Detector
+    """A memory detector (EfficientNet-Lite0 trunk, context memory) fitted on 12 surfaces at 64 x 64."""
+    import torch
+    from patchloupe import Detector
+    from patchloupe.scorers.memory import memory_available
+
+    if not memory_available():
+        pytest.skip("the memory scorer's trunk weights are not installed")
+    torch.manual_seed(0)
+    train = [striped_surface(s) for s in range(12)]
+    return Detector.fit(
+        train, base=tiny_pattern_detector, scorer="memory", image_size=(64, 64), coreset_fraction=0.25, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_graphs(tiny_pattern_detector, small_memory_detector, tmp_path_factory):  # noqa: ANN001, ANN201
+    """Both detectors exported to ONNX with a dynamic batch: ``{"pattern": Path, "memory": Path}`` (graph files)."""
+    pytest.importorskip("onnx", reason="export needs the 'export' extra")
+    pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
+    out = tmp_path_factory.mktemp("exported")
+    return {
+        "pattern": tiny_pattern_detector.export(out / "pattern.onnx", batch="dynamic"),
+        "memory": small_memory_detector.export(out / "memory", batch="dynamic"),
+    }

@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from patchloupe.export.command import add_benchmark_parser, add_export_parser
+
 STATUS_EVERY_S = 30.0  # status line period when stderr is not a terminal
 
 
@@ -244,7 +246,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="patchloupe", description="Unsupervised visual defect detection.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
@@ -347,19 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_generate)
 
-    try:
+    add_export_parser(sub)
+    add_benchmark_parser(sub)
+
+    s = sub.add_parser("pretrain", help="pre-train the generic generator on generated textures")
+    if argv and argv[0] == "pretrain":  # the trainer is imported only for the training command itself
         from patchloupe.train.pretrain import add_pretrain_arguments, run_pretrain
-    except ImportError:  # pragma: no cover - training extras always ship; keep the CLI usable regardless
-        pass
-    else:
-        s = sub.add_parser("pretrain", help="pre-train the generic generator on generated textures")
+
         add_pretrain_arguments(s)
         s.set_defaults(func=lambda a: run_pretrain(a) or 0)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(list(argv) if argv is not None else sys.argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -60,17 +60,31 @@ class Detector:
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, device: Any = None) -> Detector:
-        """Load a saved model folder, or the built-in default model when ``path`` is None.
+    def load(cls, path: str | os.PathLike[str] | None = None, device: Any = None, **runtime_options: Any) -> Detector:
+        """Load a saved model folder, the built-in default model when ``path`` is None, or an exported
+        graph (``det.export``) run without torch; ``runtime_options`` go to its runtime (``runtime=
+        "onnxruntime" | "openvino" | "tensorrt"``, ``providers=``, ``threads=``: ``patchloupe.runtimes``).
 
-        Raises ``ModelError`` for anything that is not a complete, valid model folder.
+        Raises ``ModelError`` for anything that is not a complete, valid model folder or artefact.
 
         Example:
             >>> det = Detector.load()            # doctest: +SKIP
             >>> det = Detector.load("model_dir") # doctest: +SKIP
+            >>> det = Detector.load("model.onnx", providers=["CPUExecutionProvider"])  # doctest: +SKIP
         """
-        config, scorer = read_model(path)
+        config, scorer = read_model(path, **runtime_options)
         return cls(scorer, config, device=device)
+
+    def export(self, path: str | os.PathLike[str], format: str = "onnx", **options: Any) -> Path:  # noqa: A002
+        """Export the scorer as one graph + its JSON for runtimes without torch (``patchloupe.export``:
+        ``format="onnx" | "openvino" | "engine"``, ``half=``, ``int8=``, ``batch=1 | "dynamic"``, ``opset=``).
+
+        Example:
+            >>> det.export("model.onnx", batch="dynamic")   # doctest: +SKIP
+        """
+        from patchloupe.export import export_detector
+
+        return export_detector(self, path, format=format, **options)
 
     def save(self, path: str | os.PathLike[str], weights_dtype: Any = None) -> Path:
         """Write the model folder (``detector.json`` + safetensors weights; atomic, see ``patchloupe.model_folder``).

@@ -60,8 +60,18 @@ def _split_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return common, settings
 
 
-def read_model(path: str | os.PathLike[str] | None = None) -> tuple[DetectorConfig, Scorer]:
-    """Load a model folder (the built-in default model when ``path`` is None); any failure is a ``ModelError``."""
+def read_model(path: str | os.PathLike[str] | None = None, **runtime_options: Any) -> tuple[DetectorConfig, Scorer]:
+    """Load a model folder (the built-in default model when ``path`` is None), or an exported graph
+    (``patchloupe.artefact``: a ``.onnx``/``.xml``/``.engine`` file or its folder) with the runtime
+    ``runtime_options`` select (``patchloupe.runtimes.load_graph``); any failure is a ``ModelError``."""
+    from patchloupe.artefact import is_artefact
+
+    if is_artefact(path):
+        from patchloupe.runtimes import load_graph
+
+        return load_graph(path, **runtime_options)
+    if runtime_options:
+        raise ValueError(f"runtime options {sorted(runtime_options)} apply to exported graphs only, not to {path!r}")
     from patchloupe.model_folder import read_model_folder  # torch: only for models saved by this package
 
     folder = Path(path) if path is not None else default_model_dir()

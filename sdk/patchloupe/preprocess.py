@@ -11,11 +11,13 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 ImageLike = Any  # str | Path | np.ndarray | PIL.Image.Image
 
@@ -105,6 +107,8 @@ def resize_for_model(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(H, W, 3)`` or ``(B, H, W, 3)`` -> float32 ``(3, H, W)`` / ``(B, 3, H, W)`` in [0, 1]."""
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(images))
     t = t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
     return t.float().div_(255.0)

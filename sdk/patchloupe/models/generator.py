@@ -247,7 +247,8 @@ class SwinBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, H, W, C) -> (B, H, W, C)``."""
         b, h, w, c = x.shape
-        plan = window_plan(h, w, self.window_size, self.shifted, x.device)
+        # int(): while tracing (ONNX export) the sizes are traced values; the plan must be the cached constant
+        plan = window_plan(int(h), int(w), self.window_size, self.shifted, x.device)
         (ph, pw), (sh, sw) = plan.pad, plan.shift
         hp, wp = h + ph, w + pw
         y = self.norm1(x)

@@ -23,6 +23,7 @@ model size (``pixel_rule = "resize"``), a patch's score is the maximum of ``m`` 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -468,6 +469,11 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
+#: memory rows per nearest-neighbour step in an exported graph: the step's distance matrix is
+#: ``B x (H/8 * W/8) x SEARCH_CHUNK`` floats (32 MiB per 256 x 256 image), the graph's peak buffer
+SEARCH_CHUNK = 8192
+
+
 class MemoryScorer(Scorer):
     """A :class:`FeatureMemory` on an ``image_size`` image; ``grid`` sets the resolution of the patch scores."""
 
@@ -532,6 +538,76 @@ class MemoryScorer(Scorer):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
+
+    def export_module(self, half: bool = False, chunk: int = SEARCH_CHUNK) -> MemoryGraph:
+        """The whole scorer as one traceable network (``patchloupe.export``): see :class:`MemoryGraph`."""
+        return MemoryGraph(self, half=half, chunk=chunk)
+
+
+class MemoryGraph(nn.Module):
+    """:meth:`MemoryScorer.infer` as one static-shape graph: uint8 RGB ``(B, H, W, 3)`` at the model size ->
+    image scores ``(B,)``, patch scores ``(B, rows, cols)`` and the anomaly map ``(B, H, W)`` (the field).
+
+    The trunk, the 3x3 aggregation, the nearest-neighbour search over the fine memory and (when present)
+    the PCA-projected context memory, the upsampling + blur, :func:`rescale_to_peak` and
+    ``1 - exp(-d / scale)`` are those of :class:`FeatureMemory`; the search walks each memory in runs of
+    ``chunk`` rows (a minimum per run, then the minimum of the runs), so the largest intermediate is
+    ``B x positions x chunk`` floats whatever the memory's size. ``half`` runs the trunk in float16
+    and the search in float32 (float16 squared distances cancel badly).
+    """
+
+    def __init__(self, scorer: MemoryScorer, half: bool = False, chunk: int = SEARCH_CHUNK) -> None:
+        super().__init__()
+        mem = scorer.memory
+        if mem.bank.shape[0] == 0:
+            raise RuntimeError("the memory bank is empty: build the memory with extend() before exporting")
+        if mem.has_context and mem.context_mean.numel() == 0:
+            raise RuntimeError("the context memory has no projection yet: build the memory with extend()")
+        self.dtype = torch.float16 if half else torch.float32
+        self.trunk = copy.deepcopy(mem.trunk).to("cpu", self.dtype).eval()
+        self.config = mem.config
+        self.has_context = mem.has_context
+        self.grid = scorer.grid
+        self.image_size = scorer.image_size
+        self.chunk = int(chunk)
+        self.register_buffer("bank", mem.bank.detach().float().cpu().clone())
+        if self.has_context:
+            for name in ("context_bank", "context_mean", "context_proj"):
+                self.register_buffer(name, getattr(mem, name).detach().float().cpu().clone())
+
+    def _nearest(self, f: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, C, h, w)`` -> distance to the nearest row of ``bank`` ``(M, C)`` ``(B, h, w)``."""
+        b, c, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(-1, h * w, c)
+        qn = q.square().sum(-1)
+        best = None
+        for i in range(0, bank.shape[0], self.chunk):
+            part = bank[i : i + self.chunk]
+            d2 = part.square().sum(1) - 2.0 * (q @ part.T)  # (B, hw, chunk)
+            m = d2.amin(-1)
+            best = m if best is None else torch.minimum(best, m)
+        return (best + qn).clamp_min(0.0).sqrt().reshape(-1, h, w)
+
+    def _blurred(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        d = F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)
+        return _gaussian_blur(d, self.config.blur_sigma)[:, 0]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = self.image_size
+        x = (images.permute(0, 3, 1, 2).to(torch.float32) / 255.0).to(self.dtype)
+        maps = dict(zip(self.trunk.taps, [m.to(torch.float32) for m in self.trunk(x)]))
+        d = self._blurred(self._nearest(_aggregate([maps[t] for t in self.config.taps]), self.bank), size)
+        if self.has_context:
+            ctx = _aggregate([maps[t] for t in self.config.context_taps])
+            if self.config.context_pool > 1:
+                ctx = F.avg_pool2d(ctx, self.config.context_pool, ceil_mode=True)
+            proj = ((ctx.permute(0, 2, 3, 1) - self.context_mean) @ self.context_proj).permute(0, 3, 1, 2)
+            d = rescale_to_peak(d, self._blurred(self._nearest(proj, self.context_bank), size))
+        amap = 1.0 - torch.exp(-d / self.config.scale)
+        rows, cols = self.grid
+        b_h, b_w = size[0] // rows, size[1] // cols
+        patch = amap.reshape(-1, rows, b_h, cols, b_w).amax(dim=(2, 4))
+        return patch.reshape(patch.shape[0], -1).amax(1), patch, amap
 
 
 def fit_memory(

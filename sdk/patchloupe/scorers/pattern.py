@@ -39,7 +39,7 @@ from patchloupe.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PatternConfig", "PatternScorer", "TripletPlan", "fit_pattern", "make_plan"]
+__all__ = ["PatternConfig", "PatternGraph", "PatternScorer", "TripletPlan", "fit_pattern", "make_plan"]
 
 
 @dataclass
@@ -240,6 +240,93 @@ class PatternScorer(Scorer):
 
     def num_params(self) -> int:
         return sum(p.numel() for m in (self.generator, self.comparator) for p in m.parameters())
+
+    def export_module(self, half: bool = False) -> PatternGraph:
+        """The whole scorer as one traceable network (``patchloupe.export``): see :class:`PatternGraph`."""
+        return PatternGraph(self, half=half)
+
+
+class PatternGraph(torch.nn.Module):
+    """:meth:`PatternScorer.infer` plus the stitch at the model size as one static-shape graph.
+
+    uint8 RGB ``(B, H, W, 3)`` at the model size -> image scores ``(B,)``, patch scores ``(B, rows, cols)``,
+    anomaly map ``(B, H, W)`` (``patchloupe.pixelmaps`` at the model size) and the intersected masks
+    ``(B, P, mh, mw)`` (the field). The tiling is a reshape (the model size is a multiple of the grid, so
+    ``_native.tile`` pads nothing); each encoder runs once on the distinct patches a pass needs (what
+    ``predict_targets`` does with ``torch.unique``, here with indices fixed at build time); the
+    intersection gathers, for every patch, the logits and masks of the directions that reach it and
+    takes their minimum (``_native.intersect_maps`` / ``intersect_masks``: a patch no direction reaches
+    gets 0 and an all-ones mask). ``half`` runs the two networks in float16 and the rest in float32.
+    """
+
+    def __init__(self, scorer: PatternScorer, half: bool = False) -> None:
+        super().__init__()
+        dtype = torch.float16 if half else torch.float32
+        self.generator = copy.deepcopy(scorer.generator).to("cpu", dtype).eval()
+        self.comparator = copy.deepcopy(scorer.comparator).to("cpu", dtype).eval()
+        self.dtype = dtype
+        self.grid = scorer.grid
+        self.image_size = scorer.image_size
+        self.temperature = scorer.config.score_temperature
+        rows, cols = self.grid
+        n_patches = rows * cols
+        self.passes: list[tuple[str, bool, int, int, int]] = []
+        owners: list[list[int]] = [[] for _ in range(n_patches)]  # positions (in pass order) of each patch's verdicts
+        offset = 0
+        for kind, trip in (("row", scorer.plan.row), ("col", scorer.plan.col)):
+            if not len(trip):
+                continue
+            idx1, inv1 = np.unique(trip[:, 0], return_inverse=True)
+            idx2, inv2 = np.unique(trip[:, 1], return_inverse=True)
+            for name, arr in (("idx1", idx1), ("inv1", inv1), ("idx2", idx2), ("inv2", inv2), ("tgt", trip[:, 2])):
+                self.register_buffer(f"{kind}_{name}", torch.from_numpy(np.asarray(arr, dtype=np.int64)))
+            self.passes.append((kind, kind == "col", len(idx1), len(idx2), len(trip)))
+            for k, t in enumerate(trip[:, 2]):
+                owners[int(t)].append(offset + k)
+            offset += len(trip)
+        # (P, K): each patch's verdict positions, padded by repeating one (the min is unchanged); a patch no
+        # direction reaches reads position ``offset``, the neutral column (logit 0, mask 1)
+        width = max(1, max(len(o) for o in owners))
+        table = [(o + [o[0]] * (width - len(o))) if o else [offset] * width for o in owners]
+        self.register_buffer("table", torch.tensor(table, dtype=torch.int64))
+        self.register_buffer("reached", torch.tensor([bool(o) for o in owners]))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, cols = self.grid
+        h, w = self.image_size
+        ph, pw = h // rows, w // cols
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (B, 3, H, W)
+        patches = x.reshape(-1, 3, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5).reshape(-1, rows * cols, 3, ph, pw)
+        patches = patches.to(self.dtype)
+        logits, masks = [], []
+        for kind, transpose, n1, n2, n in self.passes:
+            src = patches.transpose(-1, -2) if transpose else patches
+            sh, sw = src.shape[-2:]
+            feats = []
+            for which, (count, idx, inv) in enumerate(
+                ((n1, getattr(self, f"{kind}_idx1"), getattr(self, f"{kind}_inv1")),
+                 (n2, getattr(self, f"{kind}_idx2"), getattr(self, f"{kind}_inv2")))
+            ):  # fmt: skip
+                enc = self.generator.encode(src[:, idx].reshape(-1, 3, sh, sw), which)
+                feats.append([f.reshape(-1, count, *f.shape[1:])[:, inv].reshape(-1, *f.shape[1:]) for f in enc])
+            pred = self.generator.decode(feats[0], feats[1], (sh, sw))
+            pred = pred.transpose(-1, -2) if transpose else pred
+            real = patches[:, getattr(self, f"{kind}_tgt")].reshape(-1, 3, ph, pw)
+            _, mask, logit = self.comparator(pred.contiguous(), real.contiguous())
+            logits.append(-logit.to(torch.float32).reshape(-1, n))
+            masks.append(mask.to(torch.float32).reshape(-1, n, *mask.shape[-2:]))
+        mh, mw = masks[0].shape[-2:]
+        logits.append(torch.zeros_like(logits[0][:, :1]))
+        masks.append(torch.ones_like(masks[0][:, :1]))
+        verdict = torch.cat(logits, 1)[:, self.table].amin(-1)  # (B, P): min over the directions reaching a patch
+        verdict = torch.where(self.reached, verdict, torch.zeros_like(verdict))
+        field = torch.cat(masks, 1)[:, self.table].amin(2)  # (B, P, mh, mw)
+        patch = torch.sigmoid(verdict / self.temperature)  # (B, P)
+        canvas = (field * patch[:, :, None, None]).reshape(-1, rows, cols, mh, mw).permute(0, 1, 3, 2, 4)
+        canvas = canvas.reshape(-1, 1, rows * mh, cols * mw)
+        amap = torch.nn.functional.interpolate(canvas, size=(h, w), mode="bilinear", align_corners=False)
+        amap = amap[:, 0].clamp(0.0, 1.0)
+        return patch.amax(1), patch.reshape(-1, rows, cols), amap, field
 
 
 def fit_pattern(
