@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from patchloupe.fileio import atomic_write_json, sha256_file
 from patchloupe.errors import ModelError
+from patchloupe.fileio import atomic_write_json, sha256_file
 
 KIND = "patchloupe-graph"
 ARTEFACT_VERSION = 1
