@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXTRAS ?= dev,triton,onnxruntime
 PYTEST_ARGS ?=
 
-.PHONY: venv install dev demo test test-slow test-kernels bench bench-gpu lint clean
+.PHONY: venv install dev demo test test-slow test-kernels bench bench-check bench-gate bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,16 @@ test-slow: install
 test-kernels: install
 	$(PY) -m pytest tests -k kernel $(PYTEST_ARGS)
 
+# Latency guard (docs/benchmarks.md, "Latency guard"): JSON to runs/bench/, baselines in benchmarks/baselines/.
 bench: install
-	$(PY) -m pytest benchmarks -m "not gpu" --benchmark-only --benchmark-columns=median,iqr,ops
+	$(PY) benchmarks/bench_compare.py run
+
+bench-check: install
+	$(PY) benchmarks/bench_compare.py run --check
+
+# Quick gate (CI, < 2 min): inspect through the public API at 1 thread against the stored baseline.
+bench-gate: install
+	$(PY) benchmarks/bench_compare.py run --gate --check
 
 bench-gpu: install
 	$(PY) benchmarks/gpu_attention.py
