@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXTRAS ?= dev,triton,onnxruntime
 PYTEST_ARGS ?=
 
-.PHONY: venv install dev demo test test-slow test-kernels bench bench-check bench-gate bench-gpu lint clean
+.PHONY: venv install dev demo test test-slow test-kernels bench bench-check bench-gate bench-baseline bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-check: install
 # Quick gate (CI, < 2 min): inspect through the public API at 1 thread against the stored baseline.
 bench-gate: install
 	$(PY) benchmarks/bench_compare.py run --gate --check
+
+# After a deliberate speed change: 6 gate runs on unchanged code -> benchmarks/baselines/<machine class>.json.
+bench-baseline: install
+	$(PY) benchmarks/bench_compare.py baseline --measure 6 --merge
 
 bench-gpu: install
 	$(PY) benchmarks/gpu_attention.py

@@ -12,6 +12,7 @@ spread of its ratio when the baseline was made (``baseline``), see docs/benchmar
     python benchmarks/bench_compare.py run --gate --check        # make bench-gate (CI): inspect only, < 2 min
     python benchmarks/bench_compare.py check runs/bench/X.json   # compare a saved run
     python benchmarks/bench_compare.py baseline runs/bench/*.json -o benchmarks/baselines/linux-x86_64-2cpu.json
+    python benchmarks/bench_compare.py baseline --measure 6        # make bench-baseline: 6 fresh gate runs
 """
 
 from __future__ import annotations
@@ -191,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     pc.add_argument("runs", nargs="+")
     pc.add_argument("--baseline", default=None)
     pb = sub.add_parser("baseline", help="write a baseline from repeated runs on unchanged code")
-    pb.add_argument("runs", nargs="+")
+    pb.add_argument("runs", nargs="*")
+    pb.add_argument("--measure", type=int, default=0, help="first run the gate this many times and use those runs")
+    pb.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     pb.add_argument("-o", "--out", default=None, help="default: benchmarks/baselines/<machine class>.json")
     pb.add_argument("--tolerance", type=float, default=None, help="one tolerance for all (default: from spread)")
     pb.add_argument("--merge", action="store_true", help="keep the benchmarks of an existing file not in these runs")
@@ -202,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         from reference import machine_class
 
         out = Path(a.out) if a.out else BASELINES / f"{machine_class()}.json"
-        base = make_baseline([json.loads(Path(r).read_text()) for r in a.runs], a.tolerance)
+        paths = [Path(r) for r in a.runs] + [run_suite(True, Path(a.out_dir), extra) for _ in range(a.measure)]
+        if not paths:
+            p.error("baseline needs saved runs or --measure N")
+        base = make_baseline([json.loads(r.read_text()) for r in paths], a.tolerance)
         if a.merge and out.is_file():
             old = json.loads(out.read_text())
             base["benchmarks"] = {**old["benchmarks"], **base["benchmarks"]}
