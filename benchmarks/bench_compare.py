@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(format_rows(rows) + "\n")
     if not rows:
         sys.stdout.write("no benchmark of the baseline was in the run\n")
+    unknown = sorted({n for f in fresh for n in ratios(f)} - set(baseline["benchmarks"]))
+    if unknown:
+        sys.stdout.write(f"{len(unknown)} benchmark(s) without a baseline, not checked: {', '.join(unknown[:8])}\n")
     sys.stdout.write(("latency check passed" if ok else "latency check FAILED") + "\n")
     return 0 if ok else 1
 
