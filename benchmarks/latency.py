@@ -5,8 +5,9 @@ timed in one process, interleaved round by round (the order rotates each round),
 each thread count; the table gives medians and the ratio to PatchCore. Then, each in a fresh subprocess:
 cold ``import patchloupe``, ``Detector.load()`` and the first ``inspect``; and the cost of ``inspect`` against
 the input's pixel count (each input is resized to the model size and the map back: the large-image policy),
-with the peak resident memory while inspecting (VmHWM reset after loading; one fresh process per model and
-size) and how much that peak is above the resident memory before the first inspection.
+timed round-robin over the sizes in one process per model, with the peak resident memory while inspecting
+(VmHWM reset after loading; one fresh process per model and size) and how much that peak is above the
+resident memory before the first inspection.
 
     python benchmarks/latency.py --out runs/latency.json        # prints the markdown tables
 
@@ -130,10 +131,10 @@ print(json.dumps({"import_s": t1 - t0, "torch_import_s": t2 - t1, "load_s": t3 -
 _PIXELS = r"""
 import json, sys, time
 import numpy as np, torch, cv2
-name, model, h, w, threads, rounds, tile = sys.argv[1:8]
-h, w, threads, rounds = int(h), int(w), int(threads), int(rounds)
+name, model, sizes, threads, rounds, tile, here, mode = sys.argv[1:9]
+sizes = json.loads(sizes); threads, rounds = int(threads), int(rounds)
 torch.set_num_threads(threads)
-sys.path.insert(0, sys.argv[8])
+sys.path.insert(0, here)
 if name == "patchcore":
     from patchcore import PatchCore
     state = torch.load(model, weights_only=True)
@@ -145,19 +146,25 @@ else:
     det = Detector.load(model or None)
     run = det.inspect
 from patchloupe.data import read_image
-img = np.ascontiguousarray(cv2.resize(read_image(tile), (w, h), interpolation=cv2.INTER_LINEAR))
+src = read_image(tile)
+imgs = [np.ascontiguousarray(cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)) for h, w in sizes]
 def status_mb(key):
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith(key)) / 1024
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM): imports and loading peak higher
-    f.write("5")
-before = status_mb("VmRSS:")
-run(img)
-times = []
-for _ in range(rounds):
-    t = time.perf_counter(); run(img); times.append(1000 * (time.perf_counter() - t))
-peak = status_mb("VmHWM:")
-print(json.dumps({"median_ms": float(np.median(times)), "rss_before_mb": before, "peak_rss_mb": peak}))
+if mode == "memory":  # one size: the peak resident memory while inspecting it
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM): imports and loading peak higher
+        f.write("5")
+    before = status_mb("VmRSS:")
+    run(imgs[0]); run(imgs[0])
+    print(json.dumps({"rss_before_mb": before, "peak_rss_mb": status_mb("VmHWM:")}))
+else:  # all sizes, round-robin, so that load changes hit every size alike
+    for im in imgs:
+        run(im)
+    times = [[] for _ in imgs]
+    for _ in range(rounds):
+        for i, im in enumerate(imgs):
+            t = time.perf_counter(); run(im); times[i].append(1000 * (time.perf_counter() - t))
+    print(json.dumps({"median_ms": [float(np.median(t)) for t in times]}))
 """
 
 
@@ -176,13 +183,16 @@ def cold_start(memory_dir: Path, threads: int, repeats: int) -> dict[str, dict[s
 
 
 def pixel_cost(workdir: Path, tile: Path, threads: int, rounds: int) -> list[dict[str, Any]]:
-    """Median ``inspect`` ms and peak RSS at each input size in ``SIZES``, one fresh process per model and size."""
+    """Median ``inspect`` ms at each input size in ``SIZES`` (one process per model, sizes round-robin) and the
+    peak resident memory while inspecting (one fresh process per model and size)."""
     rows = []
     models = {"patchcore": str(workdir / "patchcore.pt"), "memory": str(workdir / "memory_model"), "default": ""}
-    for h, w in SIZES:
-        for name, path in models.items():
-            r = _python(_PIXELS, name, path, str(h), str(w), str(threads), str(rounds), str(tile), str(HERE))
-            rows.append({"model": name, "h": h, "w": w, "megapixels": h * w / 1e6, **r})
+    common = (str(threads), str(rounds), str(tile), str(HERE))
+    for name, path in models.items():
+        med = _python(_PIXELS, name, path, json.dumps(SIZES), *common, "time")["median_ms"]
+        for (h, w), ms in zip(SIZES, med):
+            mem = _python(_PIXELS, name, path, json.dumps([(h, w)]), *common, "memory")
+            rows.append({"model": name, "h": h, "w": w, "megapixels": h * w / 1e6, "median_ms": ms, **mem})
     return rows
 
 
@@ -221,7 +231,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     lines += [
         "",
-        "| input (W x H) | MP | PatchCore ms / peak RSS MB | memory ms / peak RSS MB | default ms / peak RSS MB |",
+        "| input (W x H) | MP | PatchCore ms / peak MB (+ over loaded) | memory | default |",
     ]
     lines += ["|---|---:|---:|---:|---:|"]
     by = {}
@@ -249,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixel-rounds", type=int, default=5)
     p.add_argument("--cold-repeats", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "runs" / "latency.json"))
+    p.add_argument("--sections", default="interleaved,cold,pixels", help="the others are kept from --out")
     a = p.parse_args(argv)
+    sections = set(a.sections.split(","))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = Path(a.data)
     if not (data / "train" / "good").is_dir():
@@ -261,23 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     train, test = _tiles(data, a.n_train, a.n_test)
     test256 = [np.ascontiguousarray(cv2.resize(im, (256, 256), interpolation=cv2.INTER_AREA)) for im in test]
-    res: dict[str, Any] = {"n_train": len(train), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(a.out)
+    res: dict[str, Any] = (
+        json.loads(out.read_text()) if out.is_file() and sections != {"interleaved", "cold", "pixels"} else {}
+    )
+    res.update({"n_train": len(train), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    res["load_at_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fit = _fit_all(train, work)
         models = fit.pop("models")
         res["fit"] = fit
         log.info("fit: %s", fit)
-        res["interleaved"] = [interleaved(models, test256, int(t), a.rounds) for t in a.threads.split(",")]
-        log.info("interleaved: %s", res["interleaved"])
+        if "interleaved" in sections:
+            res["interleaved"] = [interleaved(models, test256, int(t), a.rounds) for t in a.threads.split(",")]
+            log.info("interleaved: %s", res["interleaved"])
         del models
-        res["cold"] = cold_start(work / "memory_model", a.pixel_threads, a.cold_repeats)
-        log.info("cold: %s", res["cold"])
-        tile = sorted((data / "test" / "good").glob("*"))[0]
-        res["pixels"] = pixel_cost(work, tile, a.pixel_threads, a.pixel_rounds)
-    res["slopes_ms_per_mp"] = slopes(res["pixels"])
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        if "cold" in sections:
+            res["cold"] = cold_start(work / "memory_model", a.pixel_threads, a.cold_repeats)
+            log.info("cold: %s", res["cold"])
+        if "pixels" in sections:
+            tile = sorted((data / "test" / "good").glob("*"))[0]
+            res["pixels"] = pixel_cost(work, tile, a.pixel_threads, a.pixel_rounds)
+            res["slopes_ms_per_mp"] = slopes(res["pixels"])
+            res["load_after_pixels"] = os.getloadavg()[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
     sys.stdout.write(markdown(res) + "\n")
     return 0
 
