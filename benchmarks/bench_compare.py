@@ -12,7 +12,8 @@ spread of its ratio when the baseline was made (``baseline``), see docs/benchmar
     python benchmarks/bench_compare.py run --gate --check        # make bench-gate (CI): inspect only, < 2 min
     python benchmarks/bench_compare.py check runs/bench/X.json   # compare a saved run
     python benchmarks/bench_compare.py baseline runs/bench/*.json -o benchmarks/baselines/linux-x86_64-2cpu.json
-    python benchmarks/bench_compare.py baseline --measure 6        # make bench-baseline: 6 fresh gate runs
+    python benchmarks/bench_compare.py baseline --measure 6 --merge  # make bench-baseline: 6 fresh gate runs
+    python benchmarks/bench_compare.py baseline runs/bench/full/*-all.json --add-new  # the other suites' entries
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("-o", "--out", default=None, help="default: benchmarks/baselines/<machine class>.json")
     pb.add_argument("--tolerance", type=float, default=None, help="one tolerance for all (default: from spread)")
     pb.add_argument("--merge", action="store_true", help="keep the benchmarks of an existing file not in these runs")
+    pb.add_argument("--add-new", action="store_true", help="only add benchmarks an existing file lacks (keep the rest)")
     a, extra = p.parse_known_args(argv)
     sys.path.insert(0, str(HERE))
 
@@ -209,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             p.error("baseline needs saved runs or --measure N")
         base = make_baseline([json.loads(r.read_text()) for r in paths], a.tolerance)
-        if a.merge and out.is_file():
+        if (a.merge or a.add_new) and out.is_file():
             old = json.loads(out.read_text())
-            base["benchmarks"] = {**old["benchmarks"], **base["benchmarks"]}
+            new = base["benchmarks"]
+            base = {**old, "benchmarks": {**new, **old["benchmarks"]} if a.add_new else {**old["benchmarks"], **new}}
+            base.setdefault("updates", []).append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(base, indent=1) + "\n")
         sys.stdout.write(f"wrote {out} ({len(base['benchmarks'])} benchmarks)\n")

@@ -85,3 +85,23 @@ def test_cli_baseline_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check", str(paths[0]), "--baseline", str(base)]) == 0
     assert main(["check", str(slow), "--baseline", str(base)]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_cli_add_new_keeps_the_stored_entries(tmp_path: Path) -> None:
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"benchmarks": _run(1.0, 5.0)["benchmarks"][:3]}))
+    base = tmp_path / "base.json"
+    assert main(["baseline", str(gate), "-o", str(base), "--tolerance", "0.3"]) == 0
+    full = [tmp_path / "f0.json", tmp_path / "f1.json"]
+    for p, r in zip(full, (6.0, 6.1)):
+        p.write_text(json.dumps(_run(1.0, r)))
+    assert main(["baseline", *map(str, full), "-o", str(base), "--add-new"]) == 0
+    stored = json.loads(base.read_text())
+    names = stored["benchmarks"]
+    assert names["test_bench_x.py::test_bench_inspect_default[t1]"]["ratio"] == 5.0  # kept
+    assert names["test_bench_x.py::test_native_stitch[256]"]["runs"] == 2  # added
+    assert len(stored["updates"]) == 1
+    assert main(["baseline", *map(str, full), "-o", str(base), "--merge"]) == 0
+    assert (
+        json.loads(base.read_text())["benchmarks"]["test_bench_x.py::test_bench_inspect_default[t1]"]["ratio"] == 6.05
+    )
