@@ -39,6 +39,8 @@ MAX_TOLERANCE = 0.5
 #: tolerance = max(MIN_TOLERANCE, SPREAD_FACTOR x the largest relative deviation of a run's ratio from the median)
 MIN_TOLERANCE = 0.25
 SPREAD_FACTOR = 3.0
+#: with fewer runs than this the spread is not trusted and the tolerance is MAX_TOLERANCE
+MIN_RUNS = 5
 
 _THREADS = re.compile(r"\[(?:.*-)?t(\d+)(?:-.*)?\]$")
 
@@ -94,6 +96,8 @@ def make_baseline(runs: list[dict[str, Any]], tolerance: float | None = None) ->
         med = statistics.median(rs)
         spread = max(abs(r / med - 1) for r in rs)
         tol = tolerance if tolerance is not None else max(MIN_TOLERANCE, SPREAD_FACTOR * spread)
+        if tolerance is None and len(rs) < MIN_RUNS:  # too few runs to trust the spread: the widest tolerance
+            tol = max(tol, MAX_TOLERANCE)
         gated = not name.split("::")[-1].startswith(REFERENCE) and (len(rs) >= 2 or tolerance is not None)
         benches[name] = {
             "ratio": med,
@@ -109,8 +113,9 @@ def make_baseline(runs: list[dict[str, Any]], tolerance: float | None = None) ->
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "method": (
-            f"ratio = median / reference median (same run); tolerance = max({MIN_TOLERANCE}, {SPREAD_FACTOR} x spread),"
-            f" not gated when that exceeds {MAX_TOLERANCE}; fail when fresh ratio / baseline ratio > 1 + tolerance"
+            f"ratio = median / reference median (same run); tolerance = max({MIN_TOLERANCE}, {SPREAD_FACTOR} x spread)"
+            f" ({MAX_TOLERANCE} from fewer than {MIN_RUNS} runs), not gated when 3 x spread exceeds {MAX_TOLERANCE};"
+            " fail when fresh ratio / baseline ratio > 1 + tolerance"
         ),
         "benchmarks": benches,
     }

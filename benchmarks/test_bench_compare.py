@@ -49,7 +49,8 @@ def test_ratios_cancel_machine_speed() -> None:
 
 
 def test_baseline_tolerance_follows_spread() -> None:
-    runs = [_run(1.0, 5.0, 0.020), _run(1.3, 5.2, 0.020), _run(0.9, 4.9, 0.031)]
+    runs = [_run(1.0, 5.0, 0.020), _run(1.3, 5.2, 0.020), _run(0.9, 4.9, 0.031), _run(1, 5.1, 0.02), _run(1, 5, 0.02)]
+    assert make_baseline(runs[:3])["benchmarks"]["test_bench_x.py::test_bench_inspect_default[t1]"]["tolerance"] == 0.5
     base = make_baseline(runs)["benchmarks"]
     ins = base["test_bench_x.py::test_bench_inspect_default[t1]"]
     assert ins["ratio"] == 5.0 and ins["spread"] == pytest.approx(0.04) and ins["tolerance"] == 0.25 and ins["gated"]
