@@ -132,6 +132,27 @@ class MJPEGServer:
         self._httpd.server_close()
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - Path
+    """The tiny detector saved as a model folder (one per test module)."""
+    return tiny_detector().save(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - Path
+    """A small generated cloth category (MVTec layout, 96 px): 6 train, 3 good + 1 per defect kind to test."""
+    from patchloupe.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, families=["cloth"], n_train=6, n_test_good=3, n_test_defect_per_kind=1, size=96, seed=3)
+    return root / "cloth"
+
+
+def random_image(seed: int = 0, shape: tuple[int, ...] = (96, 96, 3)) -> np.ndarray:
+    """Uniform random uint8 pixels of ``shape``."""
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
 @pytest.fixture
 def mjpeg_server() -> Iterator[MJPEGServer]:
     srv = MJPEGServer()

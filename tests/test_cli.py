@@ -14,13 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import MJPEGServer, tiny_detector, write_video
+from conftest import MJPEGServer, write_video
 from patchloupe.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_detector().save(tmp_path_factory.mktemp("m") / "model")
 
 
 def _img(seed: int = 0, shape: tuple[int, ...] = (96, 96, 3)) -> np.ndarray:
@@ -272,3 +267,49 @@ def test_inspect_needs_a_source_and_serve_help(capsys: pytest.CaptureFixture[str
         main(["serve", "--help"])
     text = capsys.readouterr().out
     assert "--host" in text and "127.0.0.1" in text and "--max-upload-mb" in text
+
+
+def test_cli_fit_and_evaluate(
+    model_dir: Path, textures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fitted"
+    rc = main(
+        [
+            "fit",
+            str(textures / "train" / "good"),
+            "-o",
+            str(out),
+            "--base",
+            str(model_dir),
+            "--scorer",
+            "pattern",
+            "--grid",
+            "3x3",
+            "--generator-steps",
+            "1",
+            "--comparator-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "-q",
+        ]
+    )
+    assert rc == 0 and (out / "detector.json").is_file()
+    rc = main(["evaluate", str(textures), "--model", str(out), "--json"])
+    assert rc == 0
+    assert "image_auroc" in json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert main(["evaluate", str(textures), "--model", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "image_auroc" in text and "image_auroc hole" in text  # the per-kind lines of the plain output
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "nothing"), "--model", str(tmp_path / "nomodel")]) == 2
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "x", "-o", "y", "--grid", "banana"])
+
+
+def test_console_script_installed() -> None:
+    r = subprocess.run([sys.executable, "-m", "patchloupe.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "inspect" in r.stdout and "fit" in r.stdout

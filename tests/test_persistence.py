@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_image, tiny_detector
 from patchloupe import Detector
 from patchloupe.model_folder import ModelError
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
@@ -116,3 +117,70 @@ def test_read_model_refuses_bad_versions_and_fields(tmp_path: Path) -> None:
         (folder / "detector.json").write_text(json.dumps(bad))
         with pytest.raises(ModelError, match=key):
             read_model(folder)
+
+
+def _weights(folder: Path, entry: str) -> Path:
+    """The file that holds ``entry``'s weights (content-addressed names: see patchloupe.model_folder)."""
+    return folder / json.loads((folder / "detector.json").read_text())["files"][entry]
+
+
+def test_save_load_roundtrip_gives_identical_results(model_dir: Path) -> None:
+    det = Detector.load(model_dir)
+    ref = tiny_detector()
+    img = random_image(1, (80, 120, 3))
+    a, b = det.inspect(img), ref.inspect(img)
+    assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+    assert det.config.grid == (3, 3) and det.threshold == 0.5
+
+
+def test_save_half_precision_and_overwrite(tmp_path: Path) -> None:
+    det = tiny_detector()
+    det.save(tmp_path / "m")
+    full = _weights(tmp_path / "m", "generator").stat().st_size
+    det.threshold = 0.25
+    det.save(tmp_path / "m", weights_dtype=torch.float16)  # replaces the model atomically
+    assert _weights(tmp_path / "m", "generator").stat().st_size < 0.6 * full
+    assert len(list((tmp_path / "m").glob("generator*.safetensors"))) == 1  # the old weights are gone
+    back = Detector.load(tmp_path / "m")
+    assert back.threshold == 0.25
+    assert abs(back.inspect(random_image(2)).score - det.inspect(random_image(2)).score) < 1e-2
+
+
+def test_save_refuses_to_clobber_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="refusing"):
+        tiny_detector().save(tmp_path / "docs")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_load_detects_missing_corrupt_and_mismatched_files(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    _weights(broken, "comparator").unlink()
+    with pytest.raises(ModelError, match="comparator.safetensors"):
+        Detector.load(broken)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(model_dir, corrupt)
+    with open(_weights(corrupt, "generator"), "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00garbage\x00")
+    with pytest.raises(ModelError, match="checksum"):
+        Detector.load(corrupt)
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    meta = json.loads((old / "detector.json").read_text())
+    meta["format_version"] = 0
+    (old / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="version"):
+        Detector.load(old)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(model_dir, mismatch)
+    meta = json.loads((mismatch / "detector.json").read_text())
+    meta["scorer_config"]["generator"]["embed_dim"] = 8  # the weight checksums still match: the config does not
+    (mismatch / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="do not fit"):
+        Detector.load(mismatch)
