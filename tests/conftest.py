@@ -49,6 +49,35 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+# ---------------------------------------------------------------- detectors with exact, hand-written networks
+class MeanGenerator(torch.nn.Module):
+    """Predicts a target as the mean of its two input patches (an exact predictor on flat images)."""
+
+    def predict_targets(self, patches: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (patches[triplets[:, 0]] + patches[triplets[:, 1]])
+
+
+class DiffComparator(torch.nn.Module):
+    """Logit high (= match) when prediction and reality agree; mask = |difference| > 0.1 at 1/4 size."""
+
+    def forward(self, generated: torch.Tensor, real: torch.Tensor):  # noqa: ANN201
+        diff = (generated - real).abs().mean(1, keepdim=True)
+        logit = 8.0 - 80.0 * diff.mean((1, 2, 3))
+        mask = torch.nn.functional.avg_pool2d((diff > 0.1).float(), 4)
+        return torch.sigmoid(logit), mask, logit
+
+
+def fake_detector(size: int = 128, grid: tuple[int, int] = (4, 4), **config):  # noqa: ANN003, ANN201
+    """A pattern-scorer Detector on ``size`` x ``size`` built from MeanGenerator + DiffComparator;
+    ``config``: further DetectorConfig fields (threshold 0.5 unless given)."""
+    from patchloupe import Detector
+    from patchloupe.detector import DetectorConfig
+    from patchloupe.scorers.pattern import PatternScorer
+
+    cfg = DetectorConfig(image_size=(size, size), grid=grid, **{"threshold": 0.5, **config})
+    return Detector(PatternScorer(MeanGenerator(), DiffComparator(), (size, size), grid), cfg)
+
+
 # ---------------------------------------------------------------- streaming, CLI and service tests
 def tiny_detector(seed: int = 0):  # noqa: ANN201 - returns a patchloupe Detector
     """A detector with the tiny generator preset (untrained, 96 x 96, 3 x 3 grid): fast, deterministic."""

@@ -11,32 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import fake_detector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from patchloupe import Detector
-from patchloupe.detector import DetectorConfig, ModelError
-from patchloupe.scorers.pattern import PatternScorer
+from patchloupe.detector import ModelError
 
 INPUT_ERRORS = (ValueError, TypeError)
 
 
-class _MeanGenerator(torch.nn.Module):
-    def predict_targets(self, patches: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (patches[triplets[:, 0]] + patches[triplets[:, 1]])
-
-
-class _DiffComparator(torch.nn.Module):
-    def forward(self, generated: torch.Tensor, real: torch.Tensor):  # noqa: ANN201
-        diff = (generated - real).abs().mean(1, keepdim=True)
-        logit = 8.0 - 80.0 * diff.mean((1, 2, 3))
-        return torch.sigmoid(logit), torch.nn.functional.avg_pool2d((diff > 0.1).float(), 4), logit
-
-
 def _det() -> Detector:
-    return Detector(
-        PatternScorer(_MeanGenerator(), _DiffComparator(), (64, 64), (4, 4)), DetectorConfig((64, 64), (4, 4))
-    )
+    return fake_detector(64, (4, 4))
 
 
 DET = _det()

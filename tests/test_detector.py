@@ -9,31 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import DiffComparator, MeanGenerator, fake_detector
 from patchloupe import Detector, InspectionError, InspectionResult
 from patchloupe.detector import DetectorConfig, ModelError
 from patchloupe.scorers.pattern import PatternConfig, PatternScorer
 
 
-class MeanGenerator(torch.nn.Module):
-    """Predicts a target as the mean of its two input patches (an exact predictor on flat images)."""
-
-    def predict_targets(self, patches: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (patches[triplets[:, 0]] + patches[triplets[:, 1]])
-
-
-class DiffComparator(torch.nn.Module):
-    """Logit high (= match) when prediction and reality agree; mask = |difference| > 0.1 at 1/4 size."""
-
-    def forward(self, generated: torch.Tensor, real: torch.Tensor):
-        diff = (generated - real).abs().mean(1, keepdim=True)
-        logit = 8.0 - 80.0 * diff.mean((1, 2, 3))
-        mask = torch.nn.functional.avg_pool2d((diff > 0.1).float(), 4)
-        return torch.sigmoid(logit), mask, logit
-
-
 def _fake_detector(grid: tuple[int, int] = (4, 4), size: int = 128) -> Detector:
-    cfg = DetectorConfig(image_size=(size, size), grid=grid, threshold=0.5)
-    return Detector(PatternScorer(MeanGenerator(), DiffComparator(), (size, size), grid), cfg)
+    return fake_detector(size, grid)
 
 
 def test_intersection_keeps_the_defect_patch_and_clears_its_neighbours() -> None:

@@ -6,29 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from conftest import fake_detector
 from patchloupe import Detector
 from patchloupe.detector import DetectorConfig
 from patchloupe.fit import _per_image_max, window_views
-from patchloupe.scorers.pattern import PatternScorer
 from patchloupe.windows import InputPolicy, cut, merge, plan_windows
 
 
-class MeanGenerator(torch.nn.Module):
-    def predict_targets(self, patches: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (patches[triplets[:, 0]] + patches[triplets[:, 1]])
-
-
-class DiffComparator(torch.nn.Module):
-    def forward(self, generated: torch.Tensor, real: torch.Tensor):  # noqa: ANN201
-        diff = (generated - real).abs().mean(1, keepdim=True)
-        logit = 8.0 - 80.0 * diff.mean((1, 2, 3))
-        return torch.sigmoid(logit), torch.nn.functional.avg_pool2d((diff > 0.1).float(), 4), logit
-
-
 def _det(policy: InputPolicy) -> Detector:
-    cfg = DetectorConfig(image_size=(64, 64), grid=(4, 4), threshold=0.5, input_policy=policy)
-    return Detector(PatternScorer(MeanGenerator(), DiffComparator(), (64, 64), (4, 4)), cfg)
+    return fake_detector(64, (4, 4), input_policy=policy)
 
 
 def test_auto_resizes_ordinary_shapes_and_windows_strips() -> None:

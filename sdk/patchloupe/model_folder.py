@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from patchloupe.errors import ModelError
+from patchloupe.fileio import fsync_dir
 
 try:  # POSIX; elsewhere concurrent savers into one folder are not serialised
     import fcntl
@@ -124,17 +125,6 @@ def _write_file(directory: Path, name: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -256,9 +246,9 @@ def write_model_folder(
             if _same_content(target, digests[files[entry]]):
                 continue  # an identical file is already there (maybe the current model's own)
             _write_file(folder, files[entry], blob)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         _write_file(folder, META_FILE, text)  # the commit
-        _fsync_dir(folder)
+        fsync_dir(folder)
         _remove_unreferenced(folder, set(files.values()), previous | {f"{e}.safetensors" for e in tensors})
     return folder
 
