@@ -157,6 +157,9 @@ def fit_detector(
     ``scorer="memory"`` instead builds a feature memory (``patchloupe.scorers.memory``: ImageNet
     features of the training images, a greedy coreset of ``coreset_fraction`` of them) and trains no
     network; ``grid`` then only sets the resolution of ``patch_map`` (``"auto"`` = 8x8).
+    ``scorer="selfref"`` builds the same memory (without its context memory) and also scores each position
+    against the most similar positions of its own image, after a per-image lighting normalisation
+    (``patchloupe.scorers.selfref``); ``grid`` is as for the memory scorer.
     ``scorer="auto"`` (default) measures how well the base generator predicts held-out patches
     compared with copying a neighbour and takes the memory scorer when that ratio is
     ``>= AUTO_MEMORY_RATIO`` at every grid candidate, the pattern scorer otherwise;
@@ -170,8 +173,8 @@ def fit_detector(
         raise ValueError(f"steps must be >= 0, got {generator_steps} and {comparator_steps}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    if scorer not in ("auto", "pattern", "memory"):
-        raise ValueError(f"scorer must be 'auto', 'pattern' or 'memory', got {scorer!r}")
+    if scorer not in ("auto", "pattern", "memory", "selfref"):
+        raise ValueError(f"scorer must be 'auto', 'pattern', 'memory' or 'selfref', got {scorer!r}")
     if isinstance(grid, str) and grid != "auto":
         raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
     base_scorer = _base_scorer(base)
@@ -179,11 +182,12 @@ def fit_detector(
     train, hold = split_holdout(imgs, holdout, seed)
     scorer, ratios, choice = choose_scorer(base_scorer.generator, hold, size, grid, grid_candidates, scorer)
     record: dict[str, Any] = {"n_images": len(imgs), "n_train": len(train), "n_holdout": len(hold)}
-    if scorer == "memory":
+    if scorer in ("memory", "selfref"):
         from patchloupe.scorers.memory import fit_memory
+        from patchloupe.scorers.selfref import fit_selfref
 
         chosen = MEMORY_GRID if isinstance(grid, str) else (int(grid[0]), int(grid[1]))
-        fitted, hold_scores, extra = fit_memory(
+        fitted, hold_scores, extra = (fit_memory if scorer == "memory" else fit_selfref)(
             train, hold, size, chosen, coreset_fraction=coreset_fraction, seed=seed, progress=progress
         )
         record.update(scorer_choice=choice, **extra)
