@@ -84,6 +84,12 @@ def test_self_distances_exclude_the_neighbourhood() -> None:
         self_distances(torch.randn(1, 4, 3, 3), k=1, exclude=1)
 
 
+def test_position_scale_is_fitted_on_held_out_images(det: Detector) -> None:
+    ps = det.scorer.position_scale
+    assert ps.shape == (SIZE[0] // 8, SIZE[1] // 8) and not torch.allclose(ps, torch.ones_like(ps))
+    assert ps[[0, 0, -1, -1], [0, -1, 0, -1]].mean() > ps[4:-4, 4:-4].median()  # corners match less of their image
+
+
 def test_finds_an_obvious_defect(det: Detector) -> None:
     good = [_texture(s) for s in range(100, 106)]
     bad = [_with_defect(im) for im in good]
@@ -121,6 +127,7 @@ def test_save_load_round_trip(det: Detector, tmp_path) -> None:
     back = Detector.load(tmp_path / "m")
     assert isinstance(back.scorer, SelfRefScorer) and back.config.scorer == "selfref"
     assert back.scorer.config == det.scorer.config and back.threshold == det.threshold
+    assert torch.equal(back.scorer.position_scale, det.scorer.position_scale)
     imgs = [_texture(7), _with_defect(_texture(8))]
     np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
     np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)

@@ -11,8 +11,9 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
 3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
    distance to its ``k`` nearest positions of the *same* image, positions within ``exclude`` cells
-   (Chebyshev) left out, divided by the image's median of that distance -> ``s`` ``(B, h, w)``, ~1 on
-   normal texture;
+   (Chebyshev) left out, divided by the image's median of that distance and by ``position_scale``, the
+   median of that ratio per position over held-out defect-free images (border and corner positions find
+   fewer matches in their own image) -> ``s`` ``(B, h, w)``, ~1 on normal texture;
 4. memory distance: each position's distance to its nearest training memory vector, divided by the
    median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
    normal images of the fitted surface;
@@ -43,7 +44,7 @@ from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
 log = logging.getLogger(__name__)
 
 COMBINES = ("min", "mean", "self", "memory")
-NORMALIZES = ("logplane", "none")
+NORMALIZES = ("logplane", "plane", "none")
 
 __all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "normalize_lighting", "self_distances"]
 
@@ -80,11 +81,12 @@ class SelfRefConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def normalize_lighting(x: torch.Tensor, eps: float = 1.0 / 64) -> torch.Tensor:
+def normalize_lighting(x: torch.Tensor, eps: float = 1.0 / 64, log_domain: bool = True) -> torch.Tensor:
     """RGB ``(B, 3, H, W)`` in [0, 1] -> the same with gain, colour cast, linear gradient and gamma removed
-    (see the module docstring, step 1), in [0, 1]."""
+    (see the module docstring, step 1), in [0, 1]; ``log_domain=False`` ("plane") fits the plane to the
+    intensities themselves (an offset and an additive gradient are removed exactly, a gain by the std)."""
     b, c, h, w = x.shape
-    lg = torch.log(x.float() + eps)
+    lg = torch.log(x.float() + eps) if log_domain else x.float()
     u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=lg.dtype)[None, None, None, :]
     v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=lg.dtype)[None, None, :, None]
     # the basis (1, u, v) is orthogonal on a regular grid, so the least-squares plane is three projections
@@ -107,7 +109,9 @@ class LightingTrunk(nn.Module):
         self.channels = tuple(net.channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.net(normalize_lighting(x) if self.normalize == "logplane" else x)
+        if self.normalize == "none":
+            return self.net(x)
+        return self.net(normalize_lighting(x, log_domain=self.normalize == "logplane"))
 
 
 @torch.inference_mode()
@@ -134,8 +138,8 @@ def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> 
     return out.reshape(b, h, w)
 
 
-def _build_memory(mcfg: MemoryConfig, normalize: str, weights: str | None = None) -> FeatureMemory:
-    trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), normalize)
+def _build_memory(mcfg: MemoryConfig, cfg: SelfRefConfig, weights: str | None = None) -> FeatureMemory:
+    trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), cfg.normalize)
     return FeatureMemory(mcfg, None, trunk)
 
 
@@ -144,10 +148,15 @@ class SelfRefScorer(Scorer):
 
     name: ClassVar[str] = "selfref"
     pixel_rule: ClassVar[str] = "resize"
-    entries: ClassVar[tuple[str, ...]] = ("memory",)
+    entries: ClassVar[tuple[str, ...]] = ("memory", "selfref")
 
     def __init__(
-        self, memory: FeatureMemory, config: SelfRefConfig, image_size: tuple[int, int], grid: tuple[int, int]
+        self,
+        memory: FeatureMemory,
+        config: SelfRefConfig,
+        image_size: tuple[int, int],
+        grid: tuple[int, int],
+        position_scale: torch.Tensor | None = None,
     ) -> None:
         from patchloupe.preprocess import check_geometry
 
@@ -158,12 +167,19 @@ class SelfRefScorer(Scorer):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.grid = (int(grid[0]), int(grid[1]))
         check_geometry(self.image_size, self.grid)
+        h, w = self.image_size[0] // 8, self.image_size[1] // 8
+        ps = torch.ones(h, w) if position_scale is None else position_scale.float().cpu().contiguous()
+        if tuple(ps.shape) != (h, w) or not bool((ps > 0).all()):
+            raise ValueError(f"position_scale must be positive ({h}, {w}), got {tuple(ps.shape)}")
+        #: the median self-reference ``s`` per position over held-out images ``(H/8, W/8)``: border positions
+        #: find fewer matches in their own image, so ``s`` is divided by it (ones until ``fit_selfref`` sets it)
+        self.position_scale = ps
 
     def settings(self) -> dict[str, Any]:
         return {"memory": self.memory.config.to_dict(), "selfref": asdict(self.config)}
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"memory": self.memory.state_dict()}
+        return {"memory": self.memory.state_dict(), "selfref": {"position_scale": self.position_scale}}
 
     @classmethod
     def from_saved(
@@ -183,7 +199,10 @@ class SelfRefScorer(Scorer):
         context = {k: v for k, v in state.items() if k.startswith("context_")}
         memory = FeatureMemory(mcfg, state["bank"], trunk, context=context or None)
         memory.load_state_dict(state)
-        return cls(memory, cfg, image_size, grid)
+        ps = tensors["selfref"]["position_scale"]
+        if not bool(torch.isfinite(ps).all()):
+            raise ValueError("position_scale holds NaN or infinite values")
+        return cls(memory, cfg, image_size, grid, ps)
 
     def to(self, device: Any) -> SelfRefScorer:
         self.memory.to(device)
@@ -201,6 +220,8 @@ class SelfRefScorer(Scorer):
         f = self.memory.features(x)
         s = self_distances(f, self.config.k, self.config.exclude)
         s = s / s.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+        if self.position_scale.shape == s.shape[1:]:
+            s = s / self.position_scale.to(s.device)
         return s, self.memory.nearest(f)
 
     def combine(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -259,9 +280,11 @@ def fit_selfref(
     is not used by this scorer."""
     cfg = SelfRefConfig(**asdict(config)) if config is not None else SelfRefConfig()
     mcfg = memory_config or MemoryConfig(coreset_fraction=coreset_fraction, context_taps=())
-    memory = _build_memory(mcfg, cfg.normalize).extend(train, image_size, seed=seed, progress=progress)
+    memory = _build_memory(mcfg, cfg).extend(train, image_size, seed=seed, progress=progress)
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
     parts = [scorer.parts(x) for x in _batches(hold, image_size, 16)]
+    scorer.position_scale = torch.cat([s for s, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
+    parts = [(s / scorer.position_scale.to(s.device), d) for s, d in parts]
     d_all = torch.cat([d.flatten() for _, d in parts])
     med = float(d_all.median())
     cfg.memory_scale = med if math.isfinite(med) and med > 0 else 1.0
