@@ -46,6 +46,7 @@ log = logging.getLogger("bench.robustness")
 #: selfref variants measured beside the default (``SelfRefConfig`` overrides)
 VARIANTS: dict[str, dict[str, Any]] = {
     "selfref": {},
+    "selfref-logplane": {"normalize": "logplane"},
     "selfref-nonorm": {"normalize": "none"},
     "selfref-mean": {"combine": "mean"},
     "selfref-self": {"combine": "self"},
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small subsets (see the defaults it sets below)")
     p.add_argument("--sections", default="generated,tile")
-    p.add_argument("--scorers", default="selfref,memory,pattern,patchcore")
+    p.add_argument("--scorers", default="selfref,selfref-logplane,selfref-nonorm,memory,pattern,patchcore")
     p.add_argument("--families", default=None, help="default: all (quick: cloth,mesh,metal)")
     p.add_argument("--shift-families", default=None, help="default: all (quick: cloth,mesh)")
     p.add_argument("--lighting-families", default=None, help="default: all (quick: cloth,metal)")

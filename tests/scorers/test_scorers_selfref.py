@@ -12,7 +12,13 @@ from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
 from patchloupe.scorers import scorer_class
 from patchloupe.scorers.pattern import PatternScorer
-from patchloupe.scorers.selfref import SelfRefConfig, SelfRefScorer, normalize_lighting, self_distances
+from patchloupe.scorers.selfref import (
+    SelfRefConfig,
+    SelfRefScorer,
+    flat_field,
+    normalize_lighting,
+    self_distances,
+)
 
 SIZE = (128, 128)
 
@@ -46,7 +52,9 @@ def _tiny_base() -> Detector:
 def det() -> Detector:
     torch.manual_seed(0)
     train = [_texture(s) for s in range(6)]  # a few images: 4 for the memory, 2 held out
-    return Detector.fit(train, base=_tiny_base(), scorer="selfref", image_size=SIZE, grid=(4, 4), progress=False)
+    det = Detector.fit(train, base=_tiny_base(), scorer="selfref", image_size=SIZE, grid=(4, 4), progress=False)
+    det.calibrate([_texture(s) for s in range(50, 62)])  # two held-out images cannot place a threshold
+    return det
 
 
 def _scores(det: Detector, images: list[np.ndarray]) -> np.ndarray:
@@ -70,6 +78,16 @@ def test_normalize_lighting_removes_gain_gamma_and_gradient() -> None:
     for changed in (x * 0.6, x**1.4, x * ramp):
         assert (normalize_lighting(changed) - ref).abs().mean() < 0.02
     assert (ref - x).abs().mean() > 0.05  # it does change the image
+
+
+def test_flat_field_removes_gain_and_gradient_and_keeps_contrast() -> None:
+    x = torch.from_numpy(_texture(2)).permute(2, 0, 1)[None].float().div(255.0) * 0.8 + 0.1
+    ref = flat_field(x)
+    ramp = torch.linspace(0.7, 1.3, SIZE[1])[None, None, None, :]
+    for changed in (x * 0.6, x * 1.2, x * ramp):
+        assert (flat_field(changed) - ref).abs().mean() < 0.01
+    assert ref.mean() == pytest.approx(0.45, abs=0.01)
+    assert ref.std() == pytest.approx(float(x.std() * 0.45 / x.mean()), rel=0.05)  # contrast kept
 
 
 def test_self_distances_exclude_the_neighbourhood() -> None:

@@ -3,10 +3,11 @@ the training memory; a defect matches neither.
 
 Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B, 3, H, W)``:
 
-1. lighting normalisation (``normalize="logplane"``): per image and channel, the log intensity minus
-   its least-squares plane (removes a global gain, a colour cast and a linear illumination gradient),
-   divided by the image's standard deviation of that residual (removes a gamma, which is a scale in
-   the log domain), mapped back to ``0.5 + 0.15 z`` in [0, 1];
+1. lighting normalisation, ``normalize``: ``"flat"`` (default, :func:`flat_field`) divides the image by the
+   least-squares plane of its luminance (removes a global gain and a linear illumination gradient, keeps
+   colour and contrast); ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
+   (the per-channel plane of the log intensity, divided by its std) but measured worse under a texture
+   change; ``"plane"`` is that in the linear domain; ``"none"`` feeds the image as it is;
 2. the memory scorer's features (``patchloupe.scorers.memory.FeatureMemory``: EfficientNet-Lite0 stride
    8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
 3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
@@ -44,9 +45,9 @@ from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
 log = logging.getLogger(__name__)
 
 COMBINES = ("min", "mean", "self", "memory")
-NORMALIZES = ("logplane", "plane", "none")
+NORMALIZES = ("flat", "logplane", "plane", "none")
 
-__all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "normalize_lighting", "self_distances"]
+__all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "flat_field", "normalize_lighting", "self_distances"]
 
 
 @dataclass
@@ -56,7 +57,7 @@ class SelfRefConfig:
     k: int = 8
     exclude: int = 2
     combine: str = "min"
-    normalize: str = "logplane"
+    normalize: str = "flat"
     memory_scale: float = 1.0
     scale: float = 1.0
 
@@ -97,6 +98,19 @@ def normalize_lighting(x: torch.Tensor, eps: float = 1.0 / 64, log_domain: bool 
     return (0.5 + 0.15 * r / std).clamp_(0.0, 1.0)
 
 
+def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] divided by the least-squares plane of its luminance and brought to a mean
+    of ``level`` (a global gain and a linear illumination gradient removed; colour and contrast kept)."""
+    b, c, h, w = x.shape
+    g = x.float().mean(1, keepdim=True)
+    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=g.dtype)[None, None, None, :]
+    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=g.dtype)[None, None, :, None]
+    plane = g.mean(dim=(2, 3), keepdim=True)
+    plane = plane + u * ((g * u).sum(dim=(2, 3), keepdim=True) / (u.square().sum() * h))
+    plane = plane + v * ((g * v).sum(dim=(2, 3), keepdim=True) / (v.square().sum() * w))
+    return (x.float() * (level / plane.clamp_min(0.02))).clamp_(0.0, 1.0)
+
+
 class LightingTrunk(nn.Module):
     """A feature trunk behind :func:`normalize_lighting` (or nothing, ``normalize="none"``); keeps the
     trunk's ``taps`` and ``channels`` so ``FeatureMemory`` takes it as its own."""
@@ -111,6 +125,8 @@ class LightingTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.normalize == "none":
             return self.net(x)
+        if self.normalize == "flat":
+            return self.net(flat_field(x))
         return self.net(normalize_lighting(x, log_domain=self.normalize == "logplane"))
 
 
