@@ -183,7 +183,7 @@ class SelfRefScorer(Scorer):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.grid = (int(grid[0]), int(grid[1]))
         check_geometry(self.image_size, self.grid)
-        h, w = self.image_size[0] // 8, self.image_size[1] // 8
+        h, w = math.ceil(self.image_size[0] / 8), math.ceil(self.image_size[1] / 8)  # the stride-8 grid
         ps = torch.ones(h, w) if position_scale is None else position_scale.float().cpu().contiguous()
         if tuple(ps.shape) != (h, w) or not bool((ps > 0).all()):
             raise ValueError(f"position_scale must be positive ({h}, {w}), got {tuple(ps.shape)}")
