@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref": {},
     "selfref-logplane": {"normalize": "logplane"},
     "selfref-nonorm": {"normalize": "none"},
+    "selfref-gate": {"combine": "gate"},
     "selfref-mean": {"combine": "mean"},
     "selfref-self": {"combine": "self"},
     "selfref-memory": {"combine": "memory"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -106,6 +108,17 @@ def test_position_scale_is_fitted_on_held_out_images(det: Detector) -> None:
     ps = det.scorer.position_scale
     assert ps.shape == (SIZE[0] // 8, SIZE[1] // 8) and not torch.allclose(ps, torch.ones_like(ps))
     assert ps[[0, 0, -1, -1], [0, -1, 0, -1]].mean() > ps[4:-4, 4:-4].median()  # corners match less of their image
+
+
+def test_combine_rules(det: Detector) -> None:
+    sc = det.scorer
+    s = torch.full((2, 4, 4), 0.5)
+    d = torch.full((2, 4, 4), sc.config.memory_scale)
+    d[1] *= 3.0  # image 1 is far from the memory (a changed texture), image 0 is like the fitted surface
+    assert torch.equal(sc.combine(s, d), torch.full((2, 4, 4), 0.5))  # min
+    gated = SelfRefScorer(sc.memory, replace(sc.config, combine="gate"), SIZE, (4, 4), sc.position_scale)
+    out = gated.combine(s, d)
+    assert torch.allclose(out[0], torch.ones(4, 4)) and torch.equal(out[1], s[1])
 
 
 def test_finds_an_obvious_defect(det: Detector) -> None:

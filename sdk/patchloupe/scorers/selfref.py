@@ -18,8 +18,9 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
 4. memory distance: each position's distance to its nearest training memory vector, divided by the
    median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
    normal images of the fitted surface;
-5. ``combine``: ``"min"`` (default: normal when either reference matches), ``"mean"``, ``"self"`` or
-   ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
+5. ``combine``: ``"min"`` (default: normal when either reference matches), ``"gate"`` (``m`` alone for an
+   image whose median ``m`` is below ``gate``, i.e. one that resembles the fitted surface, else ``min``),
+   ``"mean"``, ``"self"`` or ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
 :class:`SelfRefScorer` is a ``Scorer`` with ``pixel_rule = "resize"`` (the field is the map at the model
@@ -44,7 +45,7 @@ from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
 
 log = logging.getLogger(__name__)
 
-COMBINES = ("min", "mean", "self", "memory")
+COMBINES = ("min", "gate", "mean", "self", "memory")
 NORMALIZES = ("flat", "logplane", "plane", "none")
 
 __all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "flat_field", "normalize_lighting", "self_distances"]
@@ -58,6 +59,7 @@ class SelfRefConfig:
     exclude: int = 2
     combine: str = "min"
     normalize: str = "flat"
+    gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by m alone
     memory_scale: float = 1.0
     scale: float = 1.0
 
@@ -71,7 +73,7 @@ class SelfRefConfig:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
             raise ValueError(f"normalize must be one of {NORMALIZES}, got {self.normalize!r}")
-        for name in ("memory_scale", "scale"):
+        for name in ("gate", "memory_scale", "scale"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0.0):
                 raise ValueError(f"{name} must be positive, got {v}")
@@ -246,6 +248,9 @@ class SelfRefScorer(Scorer):
         how = self.config.combine
         if how == "min":
             return torch.minimum(s, m)
+        if how == "gate":  # the image resembles the fitted surface: the memory alone; else either reference
+            near = m.flatten(1).median(dim=1).values < self.config.gate
+            return torch.where(near[:, None, None], m, torch.minimum(s, m))
         if how == "mean":
             return 0.5 * (s + m)
         return s if how == "self" else m
