@@ -308,7 +308,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--base", help="model folder to start from (default: the built-in model)")
     s.add_argument(
         "--scorer",
-        choices=("auto", "pattern", "memory"),
+        choices=("auto", "pattern", "memory", "selfref"),
         default="auto",
         help="pattern: the paper's generator + comparator (regular textures, robust to texture change); "
         "memory: nearest-neighbour ImageNet features (irregular real surfaces); auto: memory when the "

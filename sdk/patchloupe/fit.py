@@ -181,6 +181,9 @@ def fit_detector(
     ``scorer="memory"`` instead builds a feature memory (``patchloupe.scorers.memory``: ImageNet
     features of the training images, a greedy coreset of ``coreset_fraction`` of them) and trains no
     network; ``grid`` then only sets the resolution of ``patch_map`` (``"auto"`` = 8x8).
+    ``scorer="selfref"`` builds the same memory (without its context memory) and also scores each position
+    against the most similar positions of its own image, after a per-image lighting normalisation
+    (``patchloupe.scorers.selfref``); ``grid`` is as for the memory scorer.
     ``scorer="auto"`` (default) measures how well the base generator predicts held-out patches
     compared with copying a neighbour and takes the memory scorer when that ratio is
     ``>= AUTO_MEMORY_RATIO`` at every grid candidate, the pattern scorer otherwise;
@@ -196,8 +199,8 @@ def fit_detector(
         raise ValueError(f"steps must be >= 0, got {generator_steps} and {comparator_steps}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    if scorer not in ("auto", "pattern", "memory"):
-        raise ValueError(f"scorer must be 'auto', 'pattern' or 'memory', got {scorer!r}")
+    if scorer not in ("auto", "pattern", "memory", "selfref"):
+        raise ValueError(f"scorer must be 'auto', 'pattern', 'memory' or 'selfref', got {scorer!r}")
     if isinstance(grid, str) and grid != "auto":
         raise ValueError(f"grid must be 'auto' or a (rows, cols) pair, got {grid!r}")
     policy = input_policy if isinstance(input_policy, InputPolicy) else InputPolicy.from_dict(input_policy or {})
@@ -206,13 +209,16 @@ def fit_detector(
     train, hold = split_holdout(imgs, holdout, seed)
     scorer, ratios, choice = choose_scorer(base_scorer.generator, hold, size, grid, grid_candidates, scorer)
     record: dict[str, Any] = {"n_images": len(imgs), "n_train": len(train), "n_holdout": len(hold)}
-    if scorer == "memory":
-        from patchloupe.scorers.memory import fit_memory
+    if scorer in ("memory", "selfref"):
+        if scorer == "memory":
+            from patchloupe.scorers.memory import fit_memory as fit_features
+        else:
+            from patchloupe.scorers.selfref import fit_selfref as fit_features
 
         chosen = MEMORY_GRID if isinstance(grid, str) else (int(grid[0]), int(grid[1]))
         train_views, _ = window_views(train, size, chosen, policy)
         hold_views, groups = window_views(hold, size, chosen, policy)
-        fitted, view_scores, extra = fit_memory(
+        fitted, view_scores, extra = fit_features(
             train_views, hold_views, size, chosen, coreset_fraction=coreset_fraction, seed=seed, progress=progress
         )
         hold_scores = _per_image_max(view_scores, groups)

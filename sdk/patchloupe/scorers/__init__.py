@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 SCORERS: dict[str, str] = {
     "pattern": "patchloupe.scorers.pattern:PatternScorer",
     "memory": "patchloupe.scorers.memory:MemoryScorer",
+    "selfref": "patchloupe.scorers.selfref:SelfRefScorer",
 }
 
 __all__ = ["SCORERS", "scorer_class"]

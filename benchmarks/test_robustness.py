@@ -1,0 +1,56 @@
+"""benchmarks/robustness.py helpers: lighting-changed copies of a test set and the per-target summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from patchloupe.data import MVTecCategory, read_image, write_image
+from robustness import lighting_copy, markdown, summarise
+
+
+def _category(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/hole", "ground_truth/hole"):
+        (root / sub).mkdir(parents=True)
+    img = lambda: rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)  # noqa: E731
+    write_image(root / "train/good/0.png", img())
+    write_image(root / "test/good/0.png", img())
+    write_image(root / "test/hole/1.png", img())
+    write_image(root / "ground_truth/hole/1_mask.png", np.pad(np.ones((4, 4), bool), 14))
+    return root
+
+
+def test_lighting_copy_changes_images_and_keeps_masks(tmp_path: Path) -> None:
+    src = _category(tmp_path / "src")
+    for kind in ("gain", "gamma", "gradient"):
+        dst = lighting_copy(src, tmp_path / kind, kind, seed=0)
+        cat = MVTecCategory(dst)
+        items = cat.test_items()
+        assert len(items) == 2 and cat.load_mask(items[-1]).sum() == 16
+        a, b = read_image(src / "test/good/0.png"), read_image(dst / "test/good/0.png")
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 1
+        assert lighting_copy(src, dst, kind, seed=1) == dst  # idempotent: not rewritten
+
+
+def test_summarise_reports_worst_drops_and_patchcore_margin() -> None:
+    def row(data, sc, fit_on, eval_on, change, img, pix):  # noqa: ANN001, ANN202
+        return {"data": data, "scorer": sc, "fit_on": fit_on, "eval_on": eval_on, "change": change,
+                "image_auroc": img, "pixel_auroc": pix}  # fmt: skip
+
+    rows = [
+        row("cloth", "a", "style0", "style0", "none", 1.0, 0.99),
+        row("cloth", "a", "style0", "style0", "gain", 0.95, 0.98),
+        row("cloth", "a", "style1", "style1", "none", 0.98, 0.97),
+        row("cloth", "a", "style0", "style1", "none", 0.90, 0.96),
+        row("cloth", "a", "style1", "style0", "none", 0.99, 0.99),
+        row("magnetic_tile", "a", "train", "test", "none", 0.97, 0.88),
+        row("magnetic_tile", "patchcore", "train", "test", "none", 0.96, 0.86),
+    ]
+    s = summarise(rows)["a"]
+    assert s["t1_worst_image_drop_pts"] == 8.0 and s["t1_worst_pixel_drop_pts"] == 1.0
+    assert s["t2_worst_image_drop_pts"] == 5.0
+    assert s["t3_vs_patchcore_image_pts"] == 1.0 and s["t3_vs_patchcore_pixel_pts"] == 2.0
+    assert s["t4_min_image"] == 1.0 and s["t4_min_pixel"] == 0.99
+    table = markdown(rows)
+    assert "| cloth | style0 | style1 | none | 0.900 / 0.960 | - |" in table

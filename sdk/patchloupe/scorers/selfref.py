@@ -1,0 +1,319 @@
+"""The self-reference scorer: a position is normal when it matches its own image's regular pattern *or*
+the training memory; a defect matches neither.
+
+Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B, 3, H, W)``:
+
+1. lighting normalisation, ``normalize``: ``"flat"`` (default, :func:`flat_field`) divides the image by the
+   least-squares plane of its luminance (removes a global gain and a linear illumination gradient, keeps
+   colour and contrast); ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
+   (the per-channel plane of the log intensity, divided by its std) but measured worse under a texture
+   change; ``"plane"`` is that in the linear domain; ``"none"`` feeds the image as it is;
+2. the memory scorer's features (``patchloupe.scorers.memory.FeatureMemory``: EfficientNet-Lite0 stride
+   8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
+3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
+   distance to its ``k`` nearest positions of the *same* image, positions within ``exclude`` cells
+   (Chebyshev) left out, divided by the image's median of that distance and by ``position_scale``, the
+   median of that ratio per position over held-out defect-free images (border and corner positions find
+   fewer matches in their own image) -> ``s`` ``(B, h, w)``, ~1 on normal texture;
+4. memory distance: each position's distance to its nearest training memory vector, divided by the
+   median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
+   normal images of the fitted surface;
+5. ``combine``: ``"min"`` (default: normal when either reference matches), ``"gate"`` (``m`` alone for an
+   image whose median ``m`` is below ``gate``, i.e. one that resembles the fitted surface, else ``min``),
+   ``"mean"``, ``"self"`` or ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
+   ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
+
+:class:`SelfRefScorer` is a ``Scorer`` with ``pixel_rule = "resize"`` (the field is the map at the model
+size; a patch's score is the map's maximum over it). Figures: docs/benchmarks.md, "Robustness".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from patchloupe.models.backbone import build_trunk, load_backbone
+from patchloupe.scorers.base import Scorer
+from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
+
+log = logging.getLogger(__name__)
+
+COMBINES = ("min", "gate", "mean", "self", "memory")
+NORMALIZES = ("flat", "logplane", "plane", "none")
+
+__all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "flat_field", "normalize_lighting", "self_distances"]
+
+
+@dataclass
+class SelfRefConfig:
+    """Settings of the self-reference scorer (saved in ``detector.json`` beside the memory's)."""
+
+    k: int = 8
+    exclude: int = 2
+    combine: str = "min"
+    normalize: str = "flat"
+    gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by m alone
+    memory_scale: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if int(self.k) < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if int(self.exclude) < 0:
+            raise ValueError(f"exclude must be >= 0, got {self.exclude}")
+        self.k, self.exclude = int(self.k), int(self.exclude)
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.normalize not in NORMALIZES:
+            raise ValueError(f"normalize must be one of {NORMALIZES}, got {self.normalize!r}")
+        for name in ("gate", "memory_scale", "scale"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0.0):
+                raise ValueError(f"{name} must be positive, got {v}")
+            setattr(self, name, v)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def normalize_lighting(x: torch.Tensor, eps: float = 1.0 / 64, log_domain: bool = True) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> the same with gain, colour cast, linear gradient and gamma removed
+    (see the module docstring, step 1), in [0, 1]; ``log_domain=False`` ("plane") fits the plane to the
+    intensities themselves (an offset and an additive gradient are removed exactly, a gain by the std)."""
+    b, c, h, w = x.shape
+    lg = torch.log(x.float() + eps) if log_domain else x.float()
+    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=lg.dtype)[None, None, None, :]
+    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=lg.dtype)[None, None, :, None]
+    # the basis (1, u, v) is orthogonal on a regular grid, so the least-squares plane is three projections
+    r = lg - lg.mean(dim=(2, 3), keepdim=True)
+    r = r - u * ((r * u).sum(dim=(2, 3), keepdim=True) / (u.square().sum() * h))
+    r = r - v * ((r * v).sum(dim=(2, 3), keepdim=True) / (v.square().sum() * w))
+    std = r.flatten(1).std(dim=1).clamp_min(1e-4)[:, None, None, None]
+    return (0.5 + 0.15 * r / std).clamp_(0.0, 1.0)
+
+
+def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] divided by the least-squares plane of its luminance and brought to a mean
+    of ``level`` (a global gain and a linear illumination gradient removed; colour and contrast kept)."""
+    b, c, h, w = x.shape
+    g = x.float().mean(1, keepdim=True)
+    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=g.dtype)[None, None, None, :]
+    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=g.dtype)[None, None, :, None]
+    plane = g.mean(dim=(2, 3), keepdim=True)
+    plane = plane + u * ((g * u).sum(dim=(2, 3), keepdim=True) / (u.square().sum() * h))
+    plane = plane + v * ((g * v).sum(dim=(2, 3), keepdim=True) / (v.square().sum() * w))
+    return (x.float() * (level / plane.clamp_min(0.02))).clamp_(0.0, 1.0)
+
+
+class LightingTrunk(nn.Module):
+    """A feature trunk behind :func:`normalize_lighting` (or nothing, ``normalize="none"``); keeps the
+    trunk's ``taps`` and ``channels`` so ``FeatureMemory`` takes it as its own."""
+
+    def __init__(self, net: nn.Module, normalize: str) -> None:
+        super().__init__()
+        self.net = net
+        self.normalize = normalize
+        self.taps = tuple(net.taps)
+        self.channels = tuple(net.channels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.normalize == "none":
+            return self.net(x)
+        if self.normalize == "flat":
+            return self.net(flat_field(x))
+        return self.net(normalize_lighting(x, log_domain=self.normalize == "logplane"))
+
+
+@torch.inference_mode()
+def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` -> each position's mean Euclidean distance to its ``k`` nearest positions
+    of the same image outside its ``(2 exclude + 1)^2`` neighbourhood ``(B, h, w)``."""
+    b, c, h, w = f.shape
+    n = h * w
+    q = f.flatten(2).transpose(1, 2).float()  # (B, N, C)
+    sq = q.square().sum(-1)  # (B, N)
+    yy = torch.arange(h, device=f.device).repeat_interleave(w)
+    xx = torch.arange(w, device=f.device).repeat(h)
+    kk = min(k, n - min(n, (2 * exclude + 1) ** 2))
+    if kk < 1:
+        raise ValueError(f"a {h}x{w} feature map leaves no positions outside exclude={exclude}")
+    out = torch.empty(b, n, dtype=q.dtype, device=f.device)
+    for i in range(0, n, chunk):
+        qi = q[:, i : i + chunk]
+        d2 = torch.baddbmm(sq[:, None, :], qi, q.transpose(1, 2), alpha=-2.0).add_(sq[:, i : i + chunk, None])
+        dy, dx = (yy[i : i + chunk, None] - yy[None]).abs(), (xx[i : i + chunk, None] - xx[None]).abs()
+        near = (dy <= exclude) & (dx <= exclude)
+        d2.masked_fill_(near[None], float("inf"))
+        out[:, i : i + chunk] = d2.topk(kk, dim=-1, largest=False).values.clamp_min_(0.0).sqrt_().mean(-1)
+    return out.reshape(b, h, w)
+
+
+def _build_memory(mcfg: MemoryConfig, cfg: SelfRefConfig, weights: str | None = None) -> FeatureMemory:
+    trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), cfg.normalize)
+    return FeatureMemory(mcfg, None, trunk)
+
+
+class SelfRefScorer(Scorer):
+    """Self-reference + memory on an ``image_size`` image; ``grid`` sets the resolution of the patch scores."""
+
+    name: ClassVar[str] = "selfref"
+    pixel_rule: ClassVar[str] = "resize"
+    entries: ClassVar[tuple[str, ...]] = ("memory", "selfref")
+
+    def __init__(
+        self,
+        memory: FeatureMemory,
+        config: SelfRefConfig,
+        image_size: tuple[int, int],
+        grid: tuple[int, int],
+        position_scale: torch.Tensor | None = None,
+    ) -> None:
+        from patchloupe.preprocess import check_geometry
+
+        if not isinstance(memory.trunk, LightingTrunk):
+            raise TypeError("the memory's trunk must be a LightingTrunk")
+        self.memory = memory.eval()
+        self.config = config
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.grid = (int(grid[0]), int(grid[1]))
+        check_geometry(self.image_size, self.grid)
+        h, w = math.ceil(self.image_size[0] / 8), math.ceil(self.image_size[1] / 8)  # the stride-8 grid
+        ps = torch.ones(h, w) if position_scale is None else position_scale.float().cpu().contiguous()
+        if tuple(ps.shape) != (h, w) or not bool((ps > 0).all()):
+            raise ValueError(f"position_scale must be positive ({h}, {w}), got {tuple(ps.shape)}")
+        #: the median self-reference ``s`` per position over held-out images ``(H/8, W/8)``: border positions
+        #: find fewer matches in their own image, so ``s`` is divided by it (ones until ``fit_selfref`` sets it)
+        self.position_scale = ps
+
+    def settings(self) -> dict[str, Any]:
+        return {"memory": self.memory.config.to_dict(), "selfref": asdict(self.config)}
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"memory": self.memory.state_dict(), "selfref": {"position_scale": self.position_scale}}
+
+    @classmethod
+    def from_saved(
+        cls,
+        settings: dict[str, Any],
+        tensors: dict[str, dict[str, torch.Tensor]],
+        image_size: tuple[int, int],
+        grid: tuple[int, int],
+    ) -> SelfRefScorer:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in tensors["memory"].items()}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"memory tensors {bad} hold NaN or infinite values")
+        mcfg = MemoryConfig.from_dict(settings["memory"])
+        cfg = SelfRefConfig.from_dict(settings["selfref"])
+        trunk = LightingTrunk(build_trunk(mcfg.backbone, mcfg.trunk_taps), cfg.normalize)
+        context = {k: v for k, v in state.items() if k.startswith("context_")}
+        memory = FeatureMemory(mcfg, state["bank"], trunk, context=context or None)
+        memory.load_state_dict(state)
+        ps = tensors["selfref"]["position_scale"]
+        if not bool(torch.isfinite(ps).all()):
+            raise ValueError("position_scale holds NaN or infinite values")
+        return cls(memory, cfg, image_size, grid, ps)
+
+    def to(self, device: Any) -> SelfRefScorer:
+        self.memory.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.bank.device
+
+    # ------------------------------------------------------------------------------------------ maps
+    @torch.inference_mode()
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``), each ``(B, h, w)``
+        at the feature grid; ``s`` is already divided by its per-image median, ``d`` is not scaled."""
+        f = self.memory.features(x)
+        s = self_distances(f, self.config.k, self.config.exclude)
+        s = s / s.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+        if self.position_scale.shape == s.shape[1:]:
+            s = s / self.position_scale.to(s.device)
+        return s, self.memory.nearest(f)
+
+    def combine(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)``."""
+        m = d / self.config.memory_scale
+        how = self.config.combine
+        if how == "min":
+            return torch.minimum(s, m)
+        if how == "gate":  # the image resembles the fitted surface: the memory alone; else either reference
+            near = m.flatten(1).median(dim=1).values < self.config.gate
+            return torch.where(near[:, None, None], m, torch.minimum(s, m))
+        if how == "mean":
+            return 0.5 * (s + m)
+        return s if how == "self" else m
+
+    @torch.inference_mode()
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)`` -> combined map upsampled and blurred ``(B, H, W)`` (unnormalised)."""
+        return self.memory._blurred(self.combine(*self.parts(x)), x.shape[-2:])
+
+    @torch.inference_mode()
+    def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(B, H', W', 3)`` -> patch scores ``(B, rows, cols)`` (the map's maximum per patch) and
+        the anomaly map ``(B, H', W')`` in [0, 1)."""
+        x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        amap = (-torch.expm1(-self.raw_map(x) / self.config.scale)).float().cpu().numpy()
+        b, h, w = amap.shape
+        rows, cols = self.grid
+        cells = amap.reshape(b, rows, h // rows, cols, w // cols)
+        return cells.max(axis=(2, 4)).astype(np.float64), amap
+
+    def flops(self) -> int:
+        """The memory's trunk and search plus the self-reference search (``2 N^2 C`` per image)."""
+        h, w = self.image_size[0] // 8, self.image_size[1] // 8
+        return int(self.memory.flops(self.image_size) + 2 * (h * w) ** 2 * self.memory.channels)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
+
+
+def fit_selfref(
+    train: Sequence[np.ndarray],
+    hold: Sequence[np.ndarray],
+    image_size: tuple[int, int],
+    grid: tuple[int, int],
+    *,
+    coreset_fraction: float,
+    seed: int,
+    progress: bool,
+    config: SelfRefConfig | None = None,
+    memory_config: MemoryConfig | None = None,
+) -> tuple[SelfRefScorer, list[float], dict[str, Any]]:
+    """Build the memory from ``train``, set ``memory_scale`` (median held-out memory distance) and ``scale``
+    (mean held-out image peak) from the held-out images ``hold`` and return the scorer, the held-out image
+    scores (for calibration, as ``inspect`` computes them) and a record. The held-out images join the memory
+    after their scores are taken (as in ``fit_memory``: more memory only lowers the scores).
+
+    ``memory_config`` defaults to ``MemoryConfig(coreset_fraction=..., context_taps=())``: the context memory
+    is not used by this scorer."""
+    cfg = SelfRefConfig(**asdict(config)) if config is not None else SelfRefConfig()
+    mcfg = memory_config or MemoryConfig(coreset_fraction=coreset_fraction, context_taps=())
+    memory = _build_memory(mcfg, cfg).extend(train, image_size, seed=seed, progress=progress)
+    scorer = SelfRefScorer(memory, cfg, image_size, grid)
+    parts = [scorer.parts(x) for x in _batches(hold, image_size, 16)]
+    scorer.position_scale = torch.cat([s for s, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
+    parts = [(s / scorer.position_scale.to(s.device), d) for s, d in parts]
+    d_all = torch.cat([d.flatten() for _, d in parts])
+    med = float(d_all.median())
+    cfg.memory_scale = med if math.isfinite(med) and med > 0 else 1.0
+    peaks = torch.cat([memory._blurred(scorer.combine(s, d), image_size).amax(dim=(1, 2)) for s, d in parts])
+    scale = float(peaks.mean())
+    cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+    scores = (-torch.expm1(-peaks / cfg.scale)).tolist()
+    n_before = int(memory.bank.shape[0])
+    memory.extend(hold, image_size, seed=seed + 1, progress=progress)
+    record = {"memory_size_at_calibration": n_before, "memory_size": int(memory.bank.shape[0])}
+    return scorer, scores, record

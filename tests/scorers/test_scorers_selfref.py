@@ -1,0 +1,164 @@
+"""The self-reference scorer: lighting normalisation, same-image distances, fit, robustness and save/load."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from patchloupe import Detector
+from patchloupe.detector import DetectorConfig
+from patchloupe.models.comparator import ComparatorConfig, PatternComparator
+from patchloupe.models.generator import build_generator
+from patchloupe.scorers import scorer_class
+from patchloupe.scorers.pattern import PatternScorer
+from patchloupe.scorers.selfref import (
+    SelfRefConfig,
+    SelfRefScorer,
+    flat_field,
+    normalize_lighting,
+    self_distances,
+)
+
+SIZE = (128, 128)
+
+
+def _texture(seed: int, kind: str = "check", n: int = 128) -> np.ndarray:
+    """A periodic texture with noise: RGB uint8 (n, n, 3); "check" (period 16) or "stripes" (period 12)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:n, 0:n] + rng.integers(16, size=2)[:, None, None]
+    if kind == "check":
+        base = 128 + 60 * np.sign(np.sin(2 * np.pi * x / 16) * np.sin(2 * np.pi * y / 16))
+    else:
+        base = 120 + 50 * np.sin(2 * np.pi * (x + 0.5 * y) / 12)
+    base = base + rng.normal(0, 5, (n, n))
+    rgb = np.stack([base, base * 0.9, base * 0.8], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _with_defect(img: np.ndarray) -> np.ndarray:
+    out = img.copy()
+    cv2.circle(out, (84, 40), 9, (20, 200, 40), -1)
+    return out
+
+
+def _tiny_base() -> Detector:
+    gen = build_generator("tiny")
+    cfg = DetectorConfig(image_size=(96, 96), grid=(3, 3))
+    return Detector(PatternScorer(gen, PatternComparator(ComparatorConfig()), (96, 96), (3, 3)), cfg)
+
+
+@pytest.fixture(scope="module")
+def det() -> Detector:
+    torch.manual_seed(0)
+    train = [_texture(s) for s in range(6)]  # a few images: 4 for the memory, 2 held out
+    det = Detector.fit(train, base=_tiny_base(), scorer="selfref", image_size=SIZE, grid=(4, 4), progress=False)
+    det.calibrate([_texture(s) for s in range(50, 62)])  # two held-out images cannot place a threshold
+    return det
+
+
+def _scores(det: Detector, images: list[np.ndarray]) -> np.ndarray:
+    return det.scorer.image_scores(images)
+
+
+def test_registered_and_config_validated() -> None:
+    assert scorer_class("selfref") is SelfRefScorer
+    with pytest.raises(ValueError, match="combine"):
+        SelfRefConfig(combine="max")
+    with pytest.raises(ValueError, match="normalize"):
+        SelfRefConfig(normalize="clahe")
+    with pytest.raises(ValueError, match="k must"):
+        SelfRefConfig(k=0)
+
+
+def test_normalize_lighting_removes_gain_gamma_and_gradient() -> None:
+    x = torch.from_numpy(_texture(1)).permute(2, 0, 1)[None].float().div(255.0) * 0.8 + 0.1
+    ref = normalize_lighting(x)
+    ramp = torch.linspace(0.7, 1.3, SIZE[1])[None, None, None, :]
+    for changed in (x * 0.6, x**1.4, x * ramp):
+        assert (normalize_lighting(changed) - ref).abs().mean() < 0.02
+    assert (ref - x).abs().mean() > 0.05  # it does change the image
+
+
+def test_flat_field_removes_gain_and_gradient_and_keeps_contrast() -> None:
+    x = torch.from_numpy(_texture(2)).permute(2, 0, 1)[None].float().div(255.0) * 0.8 + 0.1
+    ref = flat_field(x)
+    ramp = torch.linspace(0.7, 1.3, SIZE[1])[None, None, None, :]
+    for changed in (x * 0.6, x * 1.2, x * ramp):
+        assert (flat_field(changed) - ref).abs().mean() < 0.01
+    assert ref.mean() == pytest.approx(0.45, abs=0.01)
+    assert ref.std() == pytest.approx(float(x.std() * 0.45 / x.mean()), rel=0.05)  # contrast kept
+
+
+def test_self_distances_exclude_the_neighbourhood() -> None:
+    f = torch.randn(1, 4, 6, 6)
+    f[0, :, 5, 5] = f[0, :, 0, 0]  # a far twin of position (0, 0)
+    f[0, :, 0, 1] = f[0, :, 0, 0]  # a near twin, inside the excluded neighbourhood
+    d = self_distances(f, k=1, exclude=1)
+    assert d[0, 0, 0] == pytest.approx(0.0, abs=1e-3) and d[0, 5, 5] == pytest.approx(0.0, abs=1e-3)
+    f[0, :, 5, 5] = torch.randn(4) * 10
+    assert self_distances(f, k=1, exclude=1)[0, 0, 0] > 0.1  # the near twin does not count
+    with pytest.raises(ValueError, match="no positions"):
+        self_distances(torch.randn(1, 4, 3, 3), k=1, exclude=1)
+
+
+def test_position_scale_is_fitted_on_held_out_images(det: Detector) -> None:
+    ps = det.scorer.position_scale
+    assert ps.shape == (SIZE[0] // 8, SIZE[1] // 8) and not torch.allclose(ps, torch.ones_like(ps))
+    assert ps[[0, 0, -1, -1], [0, -1, 0, -1]].mean() > ps[4:-4, 4:-4].median()  # corners match less of their image
+
+
+def test_combine_rules(det: Detector) -> None:
+    sc = det.scorer
+    s = torch.full((2, 4, 4), 0.5)
+    d = torch.full((2, 4, 4), sc.config.memory_scale)
+    d[1] *= 3.0  # image 1 is far from the memory (a changed texture), image 0 is like the fitted surface
+    assert torch.equal(sc.combine(s, d), torch.full((2, 4, 4), 0.5))  # min
+    gated = SelfRefScorer(sc.memory, replace(sc.config, combine="gate"), SIZE, (4, 4), sc.position_scale)
+    out = gated.combine(s, d)
+    assert torch.allclose(out[0], torch.ones(4, 4)) and torch.equal(out[1], s[1])
+
+
+def test_finds_an_obvious_defect(det: Detector) -> None:
+    good = [_texture(s) for s in range(100, 106)]
+    bad = [_with_defect(im) for im in good]
+    sg, sb = _scores(det, good), _scores(det, bad)
+    assert sb.min() > sg.max()
+    assert (sb >= det.threshold).all() and (sg < det.threshold).all()
+    res = det.inspect(bad[0])
+    y, x = np.unravel_index(np.argmax(res.anomaly_map), res.anomaly_map.shape)
+    assert abs(y - 40) <= 16 and abs(x - 84) <= 16
+
+
+def test_finds_a_defect_on_a_texture_it_never_saw(det: Detector) -> None:
+    """Fitted on checks, tested on stripes: the memory cannot match, the image's own pattern does."""
+    good = [_texture(s, "stripes") for s in range(200, 206)]
+    bad = [_with_defect(im) for im in good]
+    assert _scores(det, bad).min() > _scores(det, good).max()
+
+
+@pytest.mark.parametrize("change", ["gain0.6", "gain1.5", "gamma0.7", "gamma1.4", "gradient"])
+def test_good_images_stay_below_threshold_under_lighting_change(det: Detector, change: str) -> None:
+    good = [_texture(s).astype(np.float64) / 255.0 for s in range(300, 306)]
+    if change.startswith("gain"):
+        changed = [im * float(change[4:]) for im in good]
+    elif change.startswith("gamma"):
+        changed = [im ** float(change[5:]) for im in good]
+    else:
+        changed = [im * np.linspace(0.7, 1.3, SIZE[1])[None, :, None] for im in good]
+    images = [np.clip(im * 255.0 + 0.5, 0, 255).astype(np.uint8) for im in changed]
+    assert (_scores(det, images) < det.threshold).all()
+    assert (_scores(det, [_with_defect(im) for im in images]) >= det.threshold).all()
+
+
+def test_save_load_round_trip(det: Detector, tmp_path) -> None:
+    det.save(tmp_path / "m")
+    back = Detector.load(tmp_path / "m")
+    assert isinstance(back.scorer, SelfRefScorer) and back.config.scorer == "selfref"
+    assert back.scorer.config == det.scorer.config and back.threshold == det.threshold
+    assert torch.equal(back.scorer.position_scale, det.scorer.position_scale)
+    imgs = [_texture(7), _with_defect(_texture(8))]
+    np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
+    np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)
