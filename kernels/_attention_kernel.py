@@ -63,6 +63,32 @@ def _logits(
 
 
 @triton.jit
+def _attend(s, v, DOT_PREC: tl.constexpr):
+    """Softmax of the fp32 logits ``s`` (N_PAD, N_PAD) times v: ``(fp32 out (N_PAD, D_PAD), row log-sum-exp)``."""
+    m = tl.max(s, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: keep exp() finite (output is NaN, as in torch)
+    p = tl.exp(s - m[:, None])
+    lsum = tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc / lsum[:, None], m + tl.log(lsum)
+
+
+@triton.jit
+def _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC: tl.constexpr):
+    """Gradients of one window from the recomputed logits ``s`` and the forward's ``lse``: fp32
+    ``(dq, dk, dv, ds)``, ds = d loss / d logits (the bias gradient of this window)."""
+    p = tl.exp(s - lse[:, None])  # padded keys: exp(-inf) = 0
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # rowsum(dO * O), 0 on padded rows
+
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])  # d loss / d logits; 0 on padded rows and keys
+    dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC) * scale
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC) * scale
+    return dq, dk, dv, ds
+
+
+@triton.jit
 def _window_attention_fwd_kernel(
     Q, K, V, O, LSE, BIAS, MASK,
     sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, so0, so1, so2,
@@ -82,15 +108,10 @@ def _window_attention_fwd_kernel(
 
     add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, HAS_BIAS, N_PAD)
     s = _logits(q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, HAS_MASK, DOT_PREC)
-    m = tl.max(s, axis=1)
-    m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: keep exp() finite (output is NaN, as in torch)
-    p = tl.exp(s - m[:, None])
-    lsum = tl.sum(p, axis=1)
-    acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-    out = acc / lsum[:, None]
+    out, lse = _attend(s, v, DOT_PREC)
 
     tl.store(O + _tile_offsets(w, h, offs_n, offs_d, so0, so1, so2), out.to(O.dtype.element_ty), mask=io_mask)
-    tl.store(LSE + (w * heads + h) * N_PAD + offs_n, m + tl.log(lsum))
+    tl.store(LSE + (w * heads + h) * N_PAD + offs_n, lse)
 
 
 @triton.jit
@@ -129,14 +150,7 @@ def _window_attention_bwd_kernel(
         lse = tl.load(LSE + (w * heads + h) * N_PAD + offs_n)
 
         s = _logits(q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, HAS_MASK, DOT_PREC)
-        p = tl.exp(s - lse[:, None])  # padded keys: exp(-inf) = 0
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # rowsum(dO * O), 0 on padded rows
-
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])  # d loss / d logits; 0 on padded rows and keys
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC) * scale
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC) * scale
+        dq, dk, dv, ds = _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC)
 
         tl.store(DQ + off_dqkv, dq.to(DQ.dtype.element_ty), mask=io_mask)
         tl.store(DK + off_dqkv, dk.to(DK.dtype.element_ty), mask=io_mask)

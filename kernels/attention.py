@@ -24,7 +24,9 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Callable
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 
@@ -49,6 +51,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Backward: a program handles several windows of one head when the bias needs a gradient, so the
 # fp32 per-program partial sums stay small; aim for about this many programs in total.
 _BWD_TARGET_PROGRAMS = 2048
+
+_T = TypeVar("_T")
 
 
 class _Reject(Exception):
@@ -121,10 +125,18 @@ def _check_device(tensors: list[torch.Tensor]) -> None:
     raise _Reject(ValueError, f"unsupported device {dev} (CUDA, or CPU under TRITON_INTERPRET=1)")
 
 
-def _validate(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None
-) -> None:
-    """Raise :class:`_Reject` for inputs :func:`window_attention` cannot run."""
+def _check_tokens(n: int) -> None:
+    if not 1 <= n <= MAX_TOKENS:
+        raise _Reject(ValueError, f"window of {n} tokens unsupported (1..{MAX_TOKENS})")
+
+
+def _check_head_dim(d: int) -> None:
+    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
+        raise _Reject(ValueError, f"head dim {d} unsupported ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
+    """Check q / k / v (dtype, shape, sizes, unit last stride); return ``(BW, heads, N, D)``."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_float(name, t)
     if q.dim() != 4:
@@ -136,42 +148,68 @@ def _validate(
     bw, heads, n, d = q.shape
     if bw == 0 or heads == 0:
         raise _Reject(ValueError, f"empty input {tuple(q.shape)}")
-    if not 1 <= n <= MAX_TOKENS:
-        raise _Reject(ValueError, f"window of {n} tokens unsupported (1..{MAX_TOKENS})")
-    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
-        raise _Reject(ValueError, f"head dim {d} unsupported ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
+    _check_tokens(n)
+    _check_head_dim(d)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise _Reject(ValueError, f"{name} must be contiguous in its last (head) dim, got strides {t.stride()}")
-    tensors = [q, k, v]
+    return bw, heads, n, d
+
+
+def _check_dense_bias(bias: torch.Tensor, heads: int, n: int) -> None:
+    _check_float("bias", bias)
+    if tuple(bias.shape) != (heads, n, n):
+        raise _Reject(ValueError, f"bias must be (heads, N, N) = ({heads}, {n}, {n}), got {tuple(bias.shape)}")
+
+
+def _check_mask(mask: torch.Tensor, bw: int, n: int) -> None:
+    _check_float("mask", mask)
+    if mask.dim() != 3 or mask.shape[1:] != (n, n) or mask.shape[0] == 0:
+        raise _Reject(ValueError, f"mask must be (nW, N, N) with N={n}, got {tuple(mask.shape)}")
+    if bw % mask.shape[0] != 0:
+        raise _Reject(ValueError, f"B*nW = {bw} is not a multiple of the mask's nW = {mask.shape[0]}")
+
+
+def _validate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None
+) -> None:
+    """Raise :class:`_Reject` for inputs :func:`window_attention` cannot run."""
+    bw, heads, n, _ = _check_qkv(q, k, v)
     if bias is not None:
-        _check_float("bias", bias)
-        if tuple(bias.shape) != (heads, n, n):
-            raise _Reject(ValueError, f"bias must be (heads, N, N) = ({heads}, {n}, {n}), got {tuple(bias.shape)}")
-        tensors.append(bias)
+        _check_dense_bias(bias, heads, n)
     if mask is not None:
-        _check_float("mask", mask)
-        if mask.dim() != 3 or mask.shape[1:] != (n, n) or mask.shape[0] == 0:
-            raise _Reject(ValueError, f"mask must be (nW, N, N) with N={n}, got {tuple(mask.shape)}")
-        if bw % mask.shape[0] != 0:
-            raise _Reject(ValueError, f"B*nW = {bw} is not a multiple of the mask's nW = {mask.shape[0]}")
-        tensors.append(mask)
-    _check_device(tensors)
+        _check_mask(mask, bw, n)
+    _check_device([t for t in (q, k, v, bias, mask) if t is not None])
+
+
+def _supports(validate: Callable[..., object], *args: object) -> tuple[bool, str]:
+    """``(True, "")`` when the kernels can run and ``validate(*args)`` passes, else ``(False, reason)``."""
+    if _triton_import_error() is not None:
+        return False, f"triton not importable ({_triton_import_error()})"
+    if not is_available():
+        return False, "no CUDA device and TRITON_INTERPRET is not set"
+    try:
+        validate(*args)
+    except _Reject as rej:
+        return False, str(rej)
+    return True, ""
+
+
+def _validated(name: str, validate: Callable[..., _T], *args: object) -> _T:
+    """``validate(*args)`` for the public entry point ``name``: RuntimeError without triton (before any
+    validation message); a rejection raises its ``TypeError`` / ``ValueError`` prefixed with ``name``."""
+    _kernels()
+    try:
+        return validate(*args)
+    except _Reject as rej:
+        raise rej.kind(f"{name}: {rej}") from None
 
 
 def supports(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None = None
 ) -> tuple[bool, str]:
     """Whether :func:`window_attention` can run these inputs; ``(False, reason)`` when not."""
-    if _triton_import_error() is not None:
-        return False, f"triton not importable ({_triton_import_error()})"
-    if not is_available():
-        return False, "no CUDA device and TRITON_INTERPRET is not set"
-    try:
-        _validate(q, k, v, bias, mask)
-    except _Reject as rej:
-        return False, str(rej)
-    return True, ""
+    return _supports(_validate, q, k, v, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +272,18 @@ def window_attention_forward(
     return o, lse
 
 
+def _bias_grad_partials(
+    bw: int, heads: int, n: int, bias_grad: bool, device: torch.device
+) -> tuple[int, int, torch.Tensor]:
+    """Backward grid: ``(windows per program, groups, fp32 (groups, heads, N_PAD, N_PAD) partial bias sums)``
+    (a program reduces several windows of one head when the bias needs a gradient; one window otherwise)."""
+    n_pad = _pad(n)
+    per_prog = max(1, math.ceil(bw * heads / _BWD_TARGET_PROGRAMS)) if bias_grad else 1
+    groups = math.ceil(bw / per_prog)
+    part = torch.empty((groups, heads, n_pad, n_pad) if bias_grad else (1,), device=device, dtype=torch.float32)
+    return per_prog, groups, part
+
+
 def _launch_backward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -248,10 +298,7 @@ def _launch_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The backward kernel: ``(dq, dk, dv, fp32 (heads, N, N) bias gradient summed over windows or None)``."""
     bw, heads, n, d = q.shape
-    n_pad = _pad(n)
-    per_prog = max(1, math.ceil(bw * heads / _BWD_TARGET_PROGRAMS)) if bias_grad else 1
-    groups = math.ceil(bw / per_prog)
-    part = torch.empty((groups, heads, n_pad, n_pad) if bias_grad else (1,), device=q.device, dtype=torch.float32)
+    per_prog, groups, part = _bias_grad_partials(bw, heads, n, bias_grad, q.device)
     dq, dk, dv = (torch.empty_like(o) for _ in range(3))
     n_mask = 1 if mask is None else mask.shape[0]
     _kernels()._window_attention_bwd_kernel[(groups, heads)](
@@ -266,6 +313,17 @@ def _launch_backward(
 
 def _is_out_of_resources(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfResources"  # triton.runtime.errors.OutOfResources (shared memory, ...)
+
+
+def _with_torch_fallback(launch: Callable[[], _T], fallback: Callable[[], _T]) -> _T:
+    """``launch()``; if the kernel does not fit the device (triton's ``OutOfResources``), log and ``fallback()``."""
+    try:
+        return launch()
+    except Exception as exc:
+        if not _is_out_of_resources(exc):
+            raise
+        logger.warning("window attention backward: %s; using the torch fallback for this call", exc)
+        return fallback()
 
 
 def _torch_backward(
@@ -314,13 +372,10 @@ def window_attention_backward(
     memory), falls back to an fp32 torch recompute instead of failing in the middle of a training step.
     """
     do = do if do.is_contiguous() else do.contiguous()
-    try:
-        dq, dk, dv, dbias = _launch_backward(q, k, v, o, do, lse, bias, mask, scale, bias_grad)
-    except Exception as exc:
-        if not _is_out_of_resources(exc):
-            raise
-        logger.warning("window attention backward: %s; using the torch fallback for this call", exc)
-        dq, dk, dv, dbias = _torch_backward(q, k, v, do, bias, mask, scale, bias_grad)
+    dq, dk, dv, dbias = _with_torch_fallback(
+        lambda: _launch_backward(q, k, v, o, do, lse, bias, mask, scale, bias_grad),
+        lambda: _torch_backward(q, k, v, do, bias, mask, scale, bias_grad),
+    )
     return dq, dk, dv, (dbias.to(bias.dtype) if bias_grad else None)
 
 
@@ -380,11 +435,7 @@ def window_attention(
             starting with ``window_attention``.
         RuntimeError: triton is not installed.
     """
-    _kernels()  # RuntimeError without triton, before any validation message
-    try:
-        _validate(q, k, v, bias, mask)
-    except _Reject as rej:
-        raise rej.kind(f"window_attention: {rej}") from None
+    _validated("window_attention", _validate, q, k, v, bias, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return WindowAttentionFunction.apply(q, k, v, bias, mask, float(scale))
