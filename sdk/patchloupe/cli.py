@@ -311,7 +311,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         choices=("auto", "pattern", "memory", "selfref"),
         default="auto",
         help="pattern: the paper's generator + comparator (regular textures, robust to texture change); "
-        "memory: nearest-neighbour ImageNet features (irregular real surfaces); auto: memory when the "
+        "memory: nearest-neighbour ImageNet features (irregular real surfaces); selfref: the features "
+        "compared with the same image and the memory (texture and lighting changes); auto: memory when the "
         "images are not predictable from their neighbours (see README)",
     )
     s.add_argument("--coreset-fraction", type=float, default=0.1, help="memory scorer: share of features kept")
