@@ -29,7 +29,8 @@ def evaluate_detector(
 
     Returns a JSON-safe dict: ``image_auroc``, ``pixel_auroc``, ``aupro``, ``f1_max``, ``f1_threshold``,
     the confusion counts at the detector's threshold, per-kind counts, ``per_kind_image_auroc`` (each
-    defect kind's images against all good images: which kinds the detector misses), errors and median
+    defect kind's images against all good images: which kinds the detector misses), the operating point
+    (``operating_point``: realised false-alarm rate, recall, best recall at that rate), errors and median
     latency.
     """
     from patchloupe.data import MVTecCategory
@@ -89,9 +90,26 @@ def evaluate_detector(
             "fp": int((pred & (labels_a == 0)).sum()),
             "tn": int((~pred & (labels_a == 0)).sum()),
             "fn": int((~pred & (labels_a == 1)).sum()),
+            **operating_point(labels_a, scores_a, det.threshold),
         }
     )
     return out
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """How good the calibrated threshold is: the realised false-alarm rate on the good images, the recall
+    of the defective ones, and the best recall any threshold reaches without more false alarms."""
+    good, bad = scores[labels == 0], scores[labels == 1]
+    far = float((good >= threshold).mean())
+    # the lowest threshold whose false-alarm rate is <= far: just above the k-th highest good score
+    k = int(round(far * len(good)))
+    ranked = np.sort(good)[::-1]
+    best_thr = np.nextafter(ranked[k], np.inf) if k < len(ranked) else -np.inf
+    return {
+        "realised_false_alarm_rate": far,
+        "recall_at_threshold": float((bad >= threshold).mean()),
+        "best_recall_at_that_false_alarm_rate": float((bad >= best_thr).mean()),
+    }
 
 
 def _per_kind_auroc(labels: np.ndarray, scores: np.ndarray, defects: list[str]) -> dict[str, float]:
