@@ -19,14 +19,16 @@ Two address layouts share the kernels (constexpr ``SHIFTED``):
   of the unshifted map: Swin's ``roll(-shift)`` + partition (and reverse + ``roll(+shift)`` on the
   store) become address arithmetic. The shifted-window mask is rebuilt from region ids.
 
-Logits are ``s = scale * q @ k^T + bias + mask`` accumulated in fp32; the forward stores the
-log-sum-exp of every (padded) row, the backward recomputes ``P = exp(s - lse)``.
+Logits are ``s = scale * q @ k^T + bias + mask`` accumulated in fp32; the softmax / matmul tail of the forward
+and the gradients of the backward are the shipped kernel's (``patchloupe.kernels._attention_kernel``): the
+forward stores the log-sum-exp of every (padded) row, the backward recomputes ``P = exp(s - lse)``.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+from patchloupe.kernels._attention_kernel import _attend, _attend_backward, _io_block
 
 # Bias modes (constexpr BIAS_MODE).
 BIAS_NONE = 0
@@ -55,15 +57,6 @@ def _token_offsets(w, offs_n, s0, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED: t
     else:
         offs = w * s0 + offs_n * s2
     return offs
-
-
-@triton.jit
-def _io_block(N, D, N_PAD: tl.constexpr, D_PAD: tl.constexpr):
-    """Token and head-dim ranges ``(N_PAD,)``, ``(D_PAD,)`` and the ``(N_PAD, D_PAD)`` mask of real elements."""
-    offs_n = tl.arange(0, N_PAD)
-    offs_d = tl.arange(0, D_PAD)
-    io_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
-    return offs_n, offs_d, io_mask
 
 
 @triton.jit
@@ -101,27 +94,9 @@ def _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE: tl
 
 @triton.jit
 def _logits(
-    q,
-    k,
-    add,
-    w,
-    offs_n,
-    N,
-    scale,
-    MASK,
-    sm0,
-    sm1,
-    sm2,
-    n_mask,
-    WS,
-    H,
-    W,
-    NWW,
-    NWIN,
-    SHIFT,
-    MASK_MODE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+    q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, WS, H, W, NWW, NWIN, SHIFT,
+    MASK_MODE: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
     """fp32 logits ``(N_PAD, N_PAD)`` of window w: scale * q k^T + add (bias tile) + window mask."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale + add
     if MASK_MODE == 1:
@@ -136,148 +111,51 @@ def _logits(
 
 
 @triton.jit
+def _load_tile(PTR, w, h, offs_n, offs_d, io_mask, s0, s1, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED: tl.constexpr):
+    """The ``(N_PAD, D_PAD)`` tile of head h of window w (zeros on padding) and its element offsets."""
+    offs = _tile_offsets(w, h, offs_n, offs_d, s0, s1, s2, s3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    return tl.load(PTR + offs, mask=io_mask, other=0.0), offs
+
+
+@triton.jit
 def _window_attn_fwd_kernel(
-    Q,
-    K,
-    V,
-    O,
-    LSE,
-    BIAS,
-    INDEX,
-    MASK,
-    sq0,
-    sq1,
-    sq2,
-    sq3,
-    sk0,
-    sk1,
-    sk2,
-    sk3,
-    sv0,
-    sv1,
-    sv2,
-    sv3,
-    so0,
-    so1,
-    so2,
-    so3,
-    sb0,
-    sb1,
-    sb2,
-    si0,
-    si1,
-    sm0,
-    sm1,
-    sm2,
-    N,
-    D,
-    n_mask,
-    scale,
-    WS,
-    H,
-    W,
-    NWW,
-    NWIN,
-    SHIFT,
-    N_PAD: tl.constexpr,
-    D_PAD: tl.constexpr,
-    SHIFTED: tl.constexpr,
-    BIAS_MODE: tl.constexpr,
-    MASK_MODE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+    Q, K, V, O, LSE, BIAS, INDEX, MASK,
+    sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, so0, so1, so2, so3,
+    sb0, sb1, sb2, si0, si1, sm0, sm1, sm2,
+    N, D, n_mask, scale, WS, H, W, NWW, NWIN, SHIFT,
+    N_PAD: tl.constexpr, D_PAD: tl.constexpr, SHIFTED: tl.constexpr, BIAS_MODE: tl.constexpr,
+    MASK_MODE: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
     """Grid ``(BW, heads)``: O[w, h] = softmax(scale q k^T + bias + mask) v; LSE[w, h, :] (fp32, N_PAD)."""
     w = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     heads = tl.num_programs(1)
     offs_n, offs_d, io_mask = _io_block(N, D, N_PAD, D_PAD)
 
-    off_q = _tile_offsets(w, h, offs_n, offs_d, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    off_k = _tile_offsets(w, h, offs_n, offs_d, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    off_v = _tile_offsets(w, h, offs_n, offs_d, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-    q = tl.load(Q + off_q, mask=io_mask, other=0.0)
-    k = tl.load(K + off_k, mask=io_mask, other=0.0)
-    v = tl.load(V + off_v, mask=io_mask, other=0.0)
+    q, _ = _load_tile(Q, w, h, offs_n, offs_d, io_mask, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    k, _ = _load_tile(K, w, h, offs_n, offs_d, io_mask, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+    v, _ = _load_tile(V, w, h, offs_n, offs_d, io_mask, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
 
     add = _bias_tile(h, offs_n, N, BIAS, sb0, sb1, sb2, INDEX, si0, si1, BIAS_MODE, N_PAD)
     s = _logits(
         q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, WS, H, W, NWW, NWIN, SHIFT, MASK_MODE, DOT_PREC
     )
-    m = tl.max(s, axis=1)
-    m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: keep exp() finite (output is NaN, as in torch)
-    p = tl.exp(s - m[:, None])
-    lsum = tl.sum(p, axis=1)
-    acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-    out = acc / lsum[:, None]
+    out, lse = _attend(s, v, DOT_PREC)
 
     off_o = _tile_offsets(w, h, offs_n, offs_d, so0, so1, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
     tl.store(O + off_o, out.to(O.dtype.element_ty), mask=io_mask)
-    tl.store(LSE + (w * heads + h) * N_PAD + offs_n, m + tl.log(lsum))
+    tl.store(LSE + (w * heads + h) * N_PAD + offs_n, lse)
 
 
 @triton.jit
 def _window_attn_bwd_kernel(
-    Q,
-    K,
-    V,
-    O,
-    DO,
-    LSE,
-    DQ,
-    DK,
-    DV,
-    DBIAS,
-    BIAS,
-    INDEX,
-    MASK,
-    sq0,
-    sq1,
-    sq2,
-    sq3,
-    sk0,
-    sk1,
-    sk2,
-    sk3,
-    sv0,
-    sv1,
-    sv2,
-    sv3,
-    so0,
-    so1,
-    so2,
-    so3,
-    sd0,
-    sd1,
-    sd2,
-    sd3,
-    sb0,
-    sb1,
-    sb2,
-    si0,
-    si1,
-    sm0,
-    sm1,
-    sm2,
-    N,
-    D,
-    BW,
-    windows_per_program,
-    n_mask,
-    scale,
-    WS,
-    H,
-    W,
-    NWW,
-    NWIN,
-    SHIFT,
-    N_PAD: tl.constexpr,
-    D_PAD: tl.constexpr,
-    SHIFTED: tl.constexpr,
-    BIAS_MODE: tl.constexpr,
-    MASK_MODE: tl.constexpr,
-    BIAS_GRAD: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+    Q, K, V, O, DO, LSE, DQ, DK, DV, DBIAS, BIAS, INDEX, MASK,
+    sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, so0, so1, so2, so3, sd0, sd1, sd2, sd3,
+    sb0, sb1, sb2, si0, si1, sm0, sm1, sm2,
+    N, D, BW, windows_per_program, n_mask, scale, WS, H, W, NWW, NWIN, SHIFT,
+    N_PAD: tl.constexpr, D_PAD: tl.constexpr, SHIFTED: tl.constexpr, BIAS_MODE: tl.constexpr,
+    MASK_MODE: tl.constexpr, BIAS_GRAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
     """Grid ``(groups, heads)``; program g handles windows ``[g*G, min((g+1)*G, BW))`` of head h.
 
     Writes dQ/dK/dV (layout ``sd*``, shared by the three) and, with ``BIAS_GRAD``, the sum over its
@@ -295,30 +173,19 @@ def _window_attn_bwd_kernel(
     w_start = g * windows_per_program
     w_end = tl.minimum(w_start + windows_per_program, BW)
     for w in range(w_start, w_end):
-        off_q = _tile_offsets(w, h, offs_n, offs_d, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        off_k = _tile_offsets(w, h, offs_n, offs_d, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        off_v = _tile_offsets(w, h, offs_n, offs_d, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        off_o = _tile_offsets(w, h, offs_n, offs_d, so0, so1, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        off_dqkv = _tile_offsets(w, h, offs_n, offs_d, sd0, sd1, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        q = tl.load(Q + off_q, mask=io_mask, other=0.0)
-        k = tl.load(K + off_k, mask=io_mask, other=0.0)
-        v = tl.load(V + off_v, mask=io_mask, other=0.0)
-        o = tl.load(O + off_o, mask=io_mask, other=0.0)
+        q, _ = _load_tile(Q, w, h, offs_n, offs_d, io_mask, sq0, sq1, sq2, sq3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        k, _ = _load_tile(K, w, h, offs_n, offs_d, io_mask, sk0, sk1, sk2, sk3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        v, _ = _load_tile(V, w, h, offs_n, offs_d, io_mask, sv0, sv1, sv2, sv3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
+        o, off_o = _load_tile(O, w, h, offs_n, offs_d, io_mask, so0, so1, so2, so3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
         do = tl.load(DO + off_o, mask=io_mask, other=0.0)
         lse = tl.load(LSE + (w * heads + h) * N_PAD + offs_n)
 
         s = _logits(
             q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, WS, H, W, NWW, NWIN, SHIFT, MASK_MODE, DOT_PREC
         )
-        p = tl.exp(s - lse[:, None])  # padded keys: exp(-inf) = 0
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # rowsum(dO * O), 0 on padded rows
+        dq, dk, dv, ds = _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC)
 
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])  # d loss / d logits; 0 on padded rows and keys
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC) * scale
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC) * scale
-
+        off_dqkv = _tile_offsets(w, h, offs_n, offs_d, sd0, sd1, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
         tl.store(DQ + off_dqkv, dq.to(DQ.dtype.element_ty), mask=io_mask)
         tl.store(DK + off_dqkv, dk.to(DK.dtype.element_ty), mask=io_mask)
         tl.store(DV + off_dqkv, dv.to(DV.dtype.element_ty), mask=io_mask)

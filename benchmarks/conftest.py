@@ -1,12 +1,17 @@
 """Shared test setup.
 
 Triton only runs on this CPU machine under its interpreter, and the flag must be set before any
-kernel is defined, so it is set here, before anything imports ``patchloupe.kernels``.
+kernel is defined, so it is set here, before anything imports ``patchloupe.kernels``. ``tests/`` goes on
+``sys.path`` for the shared kernel checks (``tests/window_attention_checks.py``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 try:  # only decide on the interpreter when there is no GPU

@@ -1,44 +1,57 @@
 """Experimental fused Swin window attention variants in Triton (benchmarks only; no model uses them).
 
 The shipped kernel, :mod:`patchloupe.kernels.attention`, takes a pre-gathered bias and a mask tensor. This
-module keeps the variants that ``benchmarks/gpu_attention.py`` compares it with: the bias gathered in-kernel from
-the ``(table, index)`` pair, and the fused shift / partition / reverse with the region mask rebuilt in-kernel.
-Tested by ``benchmarks/test_fused_window_attention.py`` (Triton interpreter on CPU).
+module adds the modes that ``benchmarks/gpu_attention.py`` compares it with: the bias gathered in-kernel from
+the ``(table, index)`` pair, and the fused shift / partition / reverse with the region mask rebuilt in-kernel
+(kernels in ``_fused_window_attention_triton.py``). Validation, availability, launch options, the backward
+grid and the torch fallback come from the shipped module. Tested by ``benchmarks/test_fused_window_attention.py``
+(Triton interpreter on CPU).
 
 API:
 
-* :func:`window_attention` -- ``(BW, heads, N, D)`` q/k/v, relative-position bias (pre-gathered or
-  ``(table, index)``), optional ``(nW, N, N)`` additive window mask.
+* :func:`window_attention` -- ``(BW, heads, N, D)`` q/k/v, relative-position bias as ``(table, index)``
+  (gathered in-kernel; a pre-gathered ``(heads, N, N)`` bias or ``None`` runs the shipped kernel), optional
+  ``(nW, N, N)`` additive window mask.
 * :func:`window_attention_fused_shift` -- reads the ``(B, H, W, 3*C)`` qkv feature map directly; the
   cyclic shift, window partition, window reverse and shifted-window mask are index arithmetic in the
   kernel, so no rolled / partitioned copies are made. Output ``(B, H, W, C)``.
-* :func:`is_available`, :func:`supports` -- for the model's dispatch (fall back to SDPA otherwise).
+* :func:`is_available`, :func:`supports`, :func:`supports_fused_shift` -- whether a call can run.
 
-Triton is imported lazily (on the first launch), so this module imports without triton. Kernels
-run on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set
-before the first launch).
-
-Numerics: logits, softmax and all matmuls accumulate in fp32 (fp32 inputs use IEEE fp32 dots unless
-``torch.backends.cuda.matmul.allow_tf32`` is set, then TF32); outputs and q/k/v gradients are cast
-to the input dtype, the bias gradient to the bias dtype. The bias gradient is reduced over windows
-deterministically (per-program partial sums, then a torch sum; the table form scatters through a
-one-hot matmul), so repeated backwards give bit-identical results on a given device.
+Numerics as the shipped kernel's; the table gradient is scattered from the dense bias gradient through a
+one-hot matmul, so repeated backwards give bit-identical results on a given device.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import logging
-import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TypeVar
 
 import torch
+from patchloupe.kernels.attention import (
+    MAX_HEAD_DIM,
+    MAX_TOKENS,
+    MIN_HEAD_DIM,
+    _bias_grad_partials,
+    _check_dense_bias,
+    _check_device,
+    _check_float,
+    _check_head_dim,
+    _check_mask,
+    _check_qkv,
+    _check_tokens,
+    _kernels,
+    _launch_meta,
+    _pad,
+    _Reject,
+    _strides3,
+    _supports,
+    _validated,
+    _with_torch_fallback,
+    is_available,
+)
+from patchloupe.kernels.attention import _torch_backward as _torch_backward_windows
+from patchloupe.kernels.attention import window_attention as _window_attention_dense
 
 __all__ = [
     "MAX_HEAD_DIM",
@@ -51,60 +64,13 @@ __all__ = [
     "window_attention_fused_shift",
 ]
 
-logger = logging.getLogger(__name__)
-
-MAX_TOKENS = 64  # tokens per window (a whole window lives in one program)
-MIN_HEAD_DIM = 8
-MAX_HEAD_DIM = 64
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
-# Backward: a program handles several windows of one head when the bias needs a gradient, so the
-# fp32 per-program partial sums stay small; aim for about this many programs in total.
-_BWD_TARGET_PROGRAMS = 2048
 
 BiasArg = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
-_T = TypeVar("_T")
-
-
-class _Reject(Exception):
-    """Internal: an unsupported input; ``kind`` is the exception type the launcher raises."""
-
-    def __init__(self, kind: type[Exception], message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-# --------------------------------------------------------------------------------------------
-# availability
-# --------------------------------------------------------------------------------------------
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
-
-
-@functools.cache
-def _triton_import_error() -> str | None:
-    try:
-        importlib.import_module("triton")
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def is_available() -> bool:
-    """True when triton imports and kernels can run (a CUDA device, or ``TRITON_INTERPRET=1``)."""
-    if _triton_import_error() is not None:
-        return False
-    return torch.cuda.is_available() or _interpreting()
-
-
-def _require_triton() -> None:
-    err = _triton_import_error()
-    if err is not None:
-        raise RuntimeError(f"the fused attention variants need triton (pip install triton); import failed: {err}")
 
 
 def _impl() -> ModuleType:
-    _require_triton()
+    _kernels()  # RuntimeError without triton
     import _fused_window_attention_triton  # next to this file (benchmarks/ is on sys.path)
 
     return _fused_window_attention_triton
@@ -113,32 +79,6 @@ def _impl() -> ModuleType:
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-def _pad(n: int) -> int:
-    """Block size for ``n`` tokens / head dims: next power of two, at least 16 (``tl.dot`` minimum)."""
-    return max(16, 1 << (n - 1).bit_length())
-
-
-def _check_device(tensors: list[torch.Tensor]) -> None:
-    dev = tensors[0].device
-    for t in tensors:
-        if t.device != dev:
-            raise _Reject(ValueError, f"all inputs must be on one device, got {dev} and {t.device}")
-    if dev.type == "cuda":
-        return
-    if dev.type == "cpu":
-        if not _interpreting():
-            raise _Reject(ValueError, "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1)")
-        return
-    raise _Reject(ValueError, f"unsupported device {dev} (CUDA, or CPU under TRITON_INTERPRET=1)")
-
-
-def _check_float(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise _Reject(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise _Reject(TypeError, f"{name} dtype {t.dtype} unsupported (float32, float16, bfloat16)")
-
-
 def _unpack_bias(bias: BiasArg, heads: int, n: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
     """Return (mode, bias or table, index) after checking shapes; mode as in the triton module."""
     if bias is None:
@@ -155,82 +95,26 @@ def _unpack_bias(bias: BiasArg, heads: int, n: int) -> tuple[int, torch.Tensor |
         if tuple(index.shape) != (n, n):
             raise _Reject(ValueError, f"bias index must be (N, N) = ({n}, {n}), got {tuple(index.shape)}")
         return 2, table, index
-    _check_float("bias", bias)
-    if tuple(bias.shape) != (heads, n, n):
-        raise _Reject(ValueError, f"bias must be (heads, N, N) = ({heads}, {n}, {n}), got {tuple(bias.shape)}")
+    _check_dense_bias(bias, heads, n)
     return 1, bias, None
-
-
-def _check_head_dim(d: int) -> None:
-    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
-        raise _Reject(ValueError, f"head dim {d} unsupported ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
-
-
-def _check_tokens(n: int) -> None:
-    if not 1 <= n <= MAX_TOKENS:
-        raise _Reject(ValueError, f"window of {n} tokens unsupported (1..{MAX_TOKENS})")
 
 
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasArg, mask: torch.Tensor | None
 ) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_float(name, t)
-    if q.dim() != 4:
-        raise _Reject(ValueError, f"q must be (B*nW, heads, N, D), got shape {tuple(q.shape)}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise _Reject(ValueError, f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise _Reject(TypeError, f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    bw, heads, n, d = q.shape
-    if bw == 0 or heads == 0:
-        raise _Reject(ValueError, f"empty input {tuple(q.shape)}")
-    _check_tokens(n)
-    _check_head_dim(d)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1:
-            raise _Reject(ValueError, f"{name} must be contiguous in its last (head) dim, got strides {t.stride()}")
+    bw, heads, n, _ = _check_qkv(q, k, v)
     mode, b, index = _unpack_bias(bias, heads, n)
-    tensors = [q, k, v] + [t for t in (b, index) if t is not None]
     if mask is not None:
-        _check_float("mask", mask)
-        if mask.dim() != 3 or mask.shape[1:] != (n, n) or mask.shape[0] == 0:
-            raise _Reject(ValueError, f"mask must be (nW, N, N) with N={n}, got {tuple(mask.shape)}")
-        if bw % mask.shape[0] != 0:
-            raise _Reject(ValueError, f"B*nW = {bw} is not a multiple of the mask's nW = {mask.shape[0]}")
-        tensors.append(mask)
-    _check_device(tensors)
+        _check_mask(mask, bw, n)
+    _check_device([t for t in (q, k, v, b, index, mask) if t is not None])
     return mode, b, index
-
-
-def _accepts(validate: Callable[..., object], *args: object) -> tuple[bool, str]:
-    """``(True, "")`` when ``validate(*args)`` passes, else ``(False, reason)``: the tail of ``supports*``."""
-    try:
-        validate(*args)
-    except _Reject as rej:
-        return False, str(rej)
-    return True, ""
-
-
-def _validated(name: str, validate: Callable[..., _T], *args: object) -> _T:
-    """``validate(*args)`` for the public entry point ``name``: needs triton; a rejection raises its
-    ``TypeError`` / ``ValueError`` prefixed with ``name``."""
-    _require_triton()
-    try:
-        return validate(*args)
-    except _Reject as rej:
-        raise rej.kind(f"{name}: {rej}") from None
 
 
 def supports(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasArg, mask: torch.Tensor | None = None
 ) -> tuple[bool, str]:
     """Whether :func:`window_attention` can run these inputs; ``(False, reason)`` when not."""
-    if _triton_import_error() is not None:
-        return False, f"triton not importable ({_triton_import_error()})"
-    if not is_available():
-        return False, "no CUDA device and TRITON_INTERPRET is not set"
-    return _accepts(_validate, q, k, v, bias, mask)
+    return _supports(_validate, q, k, v, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,20 +152,6 @@ class _Geometry:
         return self.window, self.height, self.width, self.windows_per_row, self.windows_per_image, self.shift
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: exact fp32 unless torch allows TF32 matmuls (ignored for fp16 / bf16)."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
-def _num_warps(n_pad: int, backward: bool) -> int:
-    """Warps per program (a heuristic, not autotuned): the backward holds ~5 (N_PAD, N_PAD) fp32 tiles."""
-    if n_pad >= 64:
-        return 8 if backward else 4
-    return 4 if backward else 2
-
-
 @dataclass(frozen=True, eq=False)
 class _Spec:
     """One attention call apart from its q/k/v/o tensors: window geometry, bias, mask and scale."""
@@ -297,38 +167,19 @@ class _Spec:
     def kernel_tensors(self, dummy: torch.Tensor) -> tuple[list[torch.Tensor], list[int], int]:
         """Kernel arguments for bias / mask: the tensors (BIAS, INDEX, MASK), their strides (sb0..2, si0..1,
         sm0..2) and n_mask; ``dummy`` stands in for an absent tensor (never read)."""
-        b_t, i_t, sb, si = _bias_args(self.bias_mode, self.bias, self.index, dummy)
-        m_t, sm, n_mask = _mask_args(self.mask, dummy)
-        return [b_t, i_t, m_t], [*sb, *si, *sm], n_mask
+        if self.bias_mode == 2:  # table (T, heads): strides (entry, head, -); index (N, N)
+            sb, si = (self.bias.stride(0), self.bias.stride(1), 0), (self.index.stride(0), self.index.stride(1))
+        else:
+            sb, si = _strides3(self.bias), (0, 0)
+        n_mask = 1 if self.mask is None else self.mask.shape[0]
+        tensors = [dummy if t is None else t for t in (self.bias, self.index, self.mask)]
+        return tensors, [*sb, *si, *_strides3(self.mask)], n_mask
 
     def meta(self, dtype: torch.dtype, backward: bool) -> dict[str, object]:
         """The constexprs and launch options both kernels share."""
-        n_pad = _pad(self.geom.n)
-        return {
-            "N_PAD": n_pad,
-            "D_PAD": _pad(self.geom.d),
-            "SHIFTED": self.geom.shifted,
-            "BIAS_MODE": self.bias_mode,
-            "MASK_MODE": self.mask_mode,
-            "DOT_PREC": _dot_precision(dtype),
-            "num_warps": _num_warps(n_pad, backward=backward),
-        }
-
-
-def _bias_args(
-    mode: int, bias: torch.Tensor | None, index: torch.Tensor | None, dummy: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], tuple[int, int]]:
-    if mode == 1:
-        return bias, dummy, (bias.stride(0), bias.stride(1), bias.stride(2)), (0, 0)
-    if mode == 2:
-        return bias, index, (bias.stride(0), bias.stride(1), 0), (index.stride(0), index.stride(1))
-    return dummy, dummy, (0, 0, 0), (0, 0)
-
-
-def _mask_args(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], int]:
-    if mask is None:
-        return dummy, (0, 0, 0), 1
-    return mask, (mask.stride(0), mask.stride(1), mask.stride(2)), mask.shape[0]
+        geom = self.geom
+        modes = {"SHIFTED": geom.shifted, "BIAS_MODE": self.bias_mode, "MASK_MODE": self.mask_mode}
+        return {**_launch_meta(geom.n, geom.d, dtype, backward), **modes}
 
 
 def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, spec: _Spec) -> torch.Tensor:
@@ -346,42 +197,21 @@ def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.
     return lse
 
 
-def _launch_backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    do: torch.Tensor,
-    lse: torch.Tensor,
-    dq: torch.Tensor,
-    dk: torch.Tensor,
-    dv: torch.Tensor,
-    spec: _Spec,
-    bias_grad: bool,
-) -> torch.Tensor | None:
-    """Fill dq/dk/dv (same strides for the three; ``do`` has ``o``'s strides).
-
-    Returns the fp32 bias gradient ``(heads, N, N)`` summed over windows when ``bias_grad``.
+def _launch_backward(spec: _Spec, bias_grad: bool, *tensors: torch.Tensor) -> torch.Tensor | None:
+    """Fill dq/dk/dv of ``tensors = (q, k, v, o, do, lse, dq, dk, dv)`` (same strides for the three; ``do``
+    has ``o``'s strides). Returns the fp32 bias gradient ``(heads, N, N)`` summed over windows when ``bias_grad``.
     """
-    impl = _impl()
+    q, dq = tensors[0], tensors[6]
     geom = spec.geom
-    n_pad = _pad(geom.n)
-    if bias_grad:
-        per_prog = max(1, math.ceil(geom.windows * geom.heads / _BWD_TARGET_PROGRAMS))
-    else:
-        per_prog = 1
-    groups = math.ceil(geom.windows / per_prog)
-    part = torch.empty((groups, geom.heads, n_pad, n_pad) if bias_grad else (1,), device=q.device, dtype=torch.float32)
-    tensors, strides, n_mask = spec.kernel_tensors(q)
-    impl._window_attn_bwd_kernel[(groups, geom.heads)](
-        q, k, v, o, do, lse, dq, dk, dv, part, *tensors,
-        *geom.strides(q), *geom.strides(k), *geom.strides(v), *geom.strides(o), *geom.strides(dq), *strides,
+    per_prog, groups, part = _bias_grad_partials(geom.windows, geom.heads, geom.n, bias_grad, q.device)
+    bias_tensors, strides, n_mask = spec.kernel_tensors(q)
+    _impl()._window_attn_bwd_kernel[(groups, geom.heads)](
+        *tensors, part, *bias_tensors,
+        *(s for t in tensors[:4] for s in geom.strides(t)), *geom.strides(dq), *strides,
         geom.n, geom.d, geom.windows, per_prog, n_mask, float(spec.scale), *geom.shift_args(),
         BIAS_GRAD=bias_grad, **spec.meta(q.dtype, backward=True),
     )  # fmt: skip
-    if not bias_grad:
-        return None
-    return part.sum(0)[:, : geom.n, : geom.n]
+    return part.sum(0)[:, : geom.n, : geom.n] if bias_grad else None
 
 
 def _bias_grad(dbias: torch.Tensor, spec: _Spec) -> torch.Tensor:
@@ -394,10 +224,6 @@ def _bias_grad(dbias: torch.Tensor, spec: _Spec) -> torch.Tensor:
     # Deterministic scatter-add: one-hot (T, N*N) @ (N*N, heads); index_add_ would use atomics on CUDA.
     one_hot = (flat_index[None, :] == torch.arange(bias.shape[0], device=dbias.device)[:, None]).to(torch.float32)
     return (one_hot @ dbias.reshape(heads, -1).t()).to(bias.dtype)
-
-
-def _is_out_of_resources(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfResources"  # triton.runtime.errors.OutOfResources (shared memory, ...)
 
 
 def _window_yx(geom: _Geometry, wi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,26 +252,17 @@ def _shifted_mask(geom: _Geometry, device: torch.device) -> torch.Tensor:
     return torch.where(ids[:, :, None] != ids[:, None, :], -100.0, 0.0)
 
 
-def _torch_backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    do: torch.Tensor,
-    dq: torch.Tensor,
-    dk: torch.Tensor,
-    dv: torch.Tensor,
-    spec: _Spec,
-    bias_grad: bool,
-) -> torch.Tensor | None:
-    """Same contract as :func:`_launch_backward`, recomputed in fp32 torch (fallback, O(BW*heads*N^2) memory)."""
+def _torch_backward(spec: _Spec, bias_grad: bool, *tensors: torch.Tensor) -> torch.Tensor | None:
+    """Same contract as :func:`_launch_backward`, recomputed in fp32 torch (fallback, O(BW*heads*N^2) memory):
+    the shipped kernel's fallback on the windows gathered from the map, the bias gathered from the table and the
+    region mask rebuilt in torch."""
+    q, k, v, _, do, _, dq, dk, dv = tensors
     geom = spec.geom
-    heads, n, d = geom.heads, geom.n, geom.d
+    heads, d = geom.heads, geom.d
     tok = _shifted_tokens(geom, q.shape[0], q.device) if geom.shifted else None
 
-    def windows(t: torch.Tensor) -> torch.Tensor:  # -> (BW, heads, N, D) fp32
-        if tok is None:
-            return t.float()
-        return t.reshape(-1, heads, d)[tok].float().permute(0, 2, 1, 3)
+    def windows(t: torch.Tensor) -> torch.Tensor:  # -> (BW, heads, N, D)
+        return t if tok is None else t.reshape(-1, heads, d)[tok].permute(0, 2, 1, 3)
 
     def unwindows(g: torch.Tensor, out: torch.Tensor) -> None:
         if tok is None:
@@ -455,51 +272,24 @@ def _torch_backward(
         flat[tok] = g.permute(0, 2, 1, 3)  # the windows tile the map: every token exactly once
         out.copy_(flat.view(out.shape))
 
-    with torch.enable_grad():
-        qf, kf, vf = (windows(t).detach().requires_grad_() for t in (q, k, v))
-        attn = (qf * spec.scale) @ kf.transpose(-2, -1)
-        dense = None
-        if spec.bias_mode:
-            bias = spec.bias if spec.bias_mode == 1 else spec.bias[spec.index].permute(2, 0, 1)
-            dense = bias.detach().float().requires_grad_()
-            attn = attn + dense
-        if spec.mask_mode:
-            mw = spec.mask.float() if spec.mask_mode == 1 else _shifted_mask(geom, q.device)
-            nw = mw.shape[0]
-            attn = (attn.view(-1, nw, heads, n, n) + mw[None, :, None]).view(attn.shape)
-        out = torch.softmax(attn, dim=-1) @ vf
-        inputs = [qf, kf, vf] + ([dense] if bias_grad else [])
-        grads = torch.autograd.grad(out, inputs, windows(do))
-    for g, dst in zip(grads[:3], (dq, dk, dv), strict=True):
+    bias = spec.bias if spec.bias_mode != 2 else spec.bias[spec.index].permute(2, 0, 1)
+    mask = _shifted_mask(geom, q.device) if spec.mask_mode == 2 else spec.mask
+    *grads, dbias = _torch_backward_windows(
+        windows(q), windows(k), windows(v), windows(do), bias, mask, spec.scale, bias_grad
+    )
+    for g, dst in zip(grads, (dq, dk, dv), strict=True):
         unwindows(g, dst)
-    return grads[3] if bias_grad else None
+    return dbias
 
 
-def _backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    do: torch.Tensor,
-    lse: torch.Tensor,
-    dq: torch.Tensor,
-    dk: torch.Tensor,
-    dv: torch.Tensor,
-    spec: _Spec,
-    bias_grad: bool,
-) -> torch.Tensor | None:
-    """Fill dq/dk/dv; return the gradient of the bias argument (dense bias or table) when ``bias_grad``.
-
-    Triton backward; if it does not fit the device (e.g. fp32 with D = 64 needs ~200 KB of shared
-    memory), fall back to an fp32 torch recompute instead of failing in the middle of a training step."""
-    do = do if do.is_contiguous() else do.contiguous()
-    try:
-        dbias = _launch_backward(q, k, v, o, do, lse, dq, dk, dv, spec, bias_grad)
-    except Exception as exc:
-        if not _is_out_of_resources(exc):
-            raise
-        logger.warning("window attention backward: %s; using the torch fallback for this call", exc)
-        dbias = _torch_backward(q, k, v, do, dq, dk, dv, spec, bias_grad)
+def _backward(spec: _Spec, bias_grad: bool, *tensors: torch.Tensor) -> torch.Tensor | None:
+    """Fill dq/dk/dv of ``tensors = (q, k, v, o, do, lse, dq, dk, dv)``; return the gradient of the bias argument
+    (dense bias or table) when ``bias_grad``. Triton backward, or the torch fallback where it does not fit."""
+    q, k, v, o, do, *rest = tensors
+    tensors = (q, k, v, o, do if do.is_contiguous() else do.contiguous(), *rest)
+    dbias = _with_torch_fallback(
+        lambda: _launch_backward(spec, bias_grad, *tensors), lambda: _torch_backward(spec, bias_grad, *tensors)
+    )
     return _bias_grad(dbias, spec) if bias_grad else None
 
 
@@ -543,7 +333,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
         (q, k, v, o, lse), spec = _saved(ctx)
         dq, dk, dv = (torch.empty_like(o) for _ in range(3))
         bias_grad = spec.bias is not None and ctx.needs_input_grad[3]
-        dbias = _backward(q, k, v, o, do, lse, dq, dk, dv, spec, bias_grad)
+        dbias = _backward(spec, bias_grad, q, k, v, o, do, lse, dq, dk, dv)
         return dq, dk, dv, dbias, None, None, None, None
 
 
@@ -558,13 +348,11 @@ def window_attention(
     """Swin window attention ``softmax(scale * q @ k^T + bias + mask) @ v``, fused, with autograd.
 
     Args:
-        q, k, v: ``(B*nW, heads, N, D)``, one dtype of float32/float16/bfloat16, same device (CUDA,
-            or CPU under ``TRITON_INTERPRET=1``), unit stride in the last dim (other strides are
-            free, e.g. the permuted views of Swin's packed qkv). ``1 <= N <= 64``, ``8 <= D <= 64``.
-        bias: the relative-position bias, either pre-gathered ``(heads, N, N)`` or the pair
-            ``(table, index)`` with table ``((2M-1)^2, heads)`` and index ``(N, N)`` int32/int64
-            (values in ``[0, T)``, not checked), gathered in-kernel as ``table[index[i, j], h]``.
-            ``None`` means no bias. Gets a gradient (summed over windows / scattered into the table).
+        q, k, v: as :func:`patchloupe.kernels.window_attention`.
+        bias: the pair ``(table, index)`` with table ``((2M-1)^2, heads)`` and index ``(N, N)`` int32/int64
+            (values in ``[0, T)``, not checked), gathered in-kernel as ``table[index[i, j], h]``; the table gets
+            a gradient (scattered from the windows' sum). A pre-gathered ``(heads, N, N)`` bias or ``None``
+            runs the shipped kernel, :func:`patchloupe.kernels.window_attention`.
         mask: ``(nW, N, N)`` additive mask (0 / -100 or -inf); row ``w`` of q uses ``mask[w % nW]``.
             No gradient.
         scale: logit scale, default ``D ** -0.5``.
@@ -576,6 +364,8 @@ def window_attention(
         TypeError / ValueError: unsupported dtype / shape / device / layout (see :func:`supports`).
         RuntimeError: triton is not installed.
     """
+    if not isinstance(bias, (tuple, list)):
+        return _window_attention_dense(q, k, v, bias, mask, scale)
     bias_mode, b, index = _validated("window_attention", _validate, q, k, v, bias, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -620,9 +410,7 @@ def supports_fused_shift(
     qkv: torch.Tensor, bias: BiasArg, num_heads: int, window_size: int, shift_size: int = 0
 ) -> tuple[bool, str]:
     """Whether :func:`window_attention_fused_shift` can run these inputs; ``(False, reason)`` when not."""
-    if not is_available():
-        return False, "triton not importable, or no CUDA device and TRITON_INTERPRET is not set"
-    return _accepts(_validate_fused, qkv, bias, num_heads, window_size, shift_size)
+    return _supports(_validate_fused, qkv, bias, num_heads, window_size, shift_size)
 
 
 def _qkv_channels(t: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -658,7 +446,7 @@ class _FusedShiftFunction(torch.autograd.Function):
         q, k, v = _qkv_channels(qkv, c)
         dq, dk, dv = _qkv_channels(dqkv, c)
         bias_grad = spec.bias is not None and ctx.needs_input_grad[1]
-        dbias = _backward(q, k, v, out, dout, lse, dq, dk, dv, spec, bias_grad)
+        dbias = _backward(spec, bias_grad, q, k, v, out, dout, lse, dq, dk, dv)
         return dqkv, dbias, None, None, None, None
 
 

@@ -235,19 +235,22 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _meta(
-    n: int, d: int, dtype: torch.dtype, bias: torch.Tensor | None, mask: torch.Tensor | None, backward: bool
-) -> dict[str, object]:
-    """The constexprs and launch options both kernels share."""
+def _launch_meta(n: int, d: int, dtype: torch.dtype, backward: bool) -> dict[str, object]:
+    """Block sizes, dot precision and warps of a launch for ``n`` tokens of head dim ``d``."""
     n_pad = _pad(n)
     return {
         "N_PAD": n_pad,
         "D_PAD": _pad(d),
-        "HAS_BIAS": bias is not None,
-        "HAS_MASK": mask is not None,
         "DOT_PREC": _dot_precision(dtype),
         "num_warps": _num_warps(n_pad, backward=backward),
     }
+
+
+def _meta(
+    n: int, d: int, dtype: torch.dtype, bias: torch.Tensor | None, mask: torch.Tensor | None, backward: bool
+) -> dict[str, object]:
+    """The constexprs and launch options both kernels share."""
+    return {**_launch_meta(n, d, dtype, backward), "HAS_BIAS": bias is not None, "HAS_MASK": mask is not None}
 
 
 def window_attention_forward(

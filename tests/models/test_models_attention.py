@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import types
 from collections.abc import Iterator
 
@@ -14,6 +12,7 @@ import torch
 from patchloupe.models import attention as A
 from patchloupe.models.generator import build_generator
 from patchloupe.models.layers import MASK_VALUE
+from window_attention_checks import run_without_triton
 
 
 @pytest.fixture(autouse=True)
@@ -237,8 +236,7 @@ def test_forced_triton_with_the_real_package_never_fails() -> None:
 
 def test_forced_triton_without_triton_installed_uses_sdpa() -> None:
     """With triton unimportable the dispatch still imports the kernels package and falls back to SDPA."""
-    code = (
-        "import sys; sys.modules['triton'] = None\n"
+    run_without_triton(
         "import torch\n"
         "from patchloupe.models import attention as A\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -248,8 +246,6 @@ def test_forced_triton_without_triton_installed_uses_sdpa() -> None:
         "out = A.window_attention(q, k, v, b, None, None, 'triton')\n"
         "torch.testing.assert_close(out, A.window_attention_reference(q, k, v, b), atol=1e-5, rtol=1e-5)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.skipif(not K.is_available(), reason="triton is not installed or cannot run here")
