@@ -156,13 +156,8 @@ def _window_attn_bwd_kernel(
     N_PAD: tl.constexpr, D_PAD: tl.constexpr, SHIFTED: tl.constexpr, BIAS_MODE: tl.constexpr,
     MASK_MODE: tl.constexpr, BIAS_GRAD: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(groups, heads)``; program g handles windows ``[g*G, min((g+1)*G, BW))`` of head h.
-
-    Writes dQ/dK/dV (layout ``sd*``, shared by the three) and, with ``BIAS_GRAD``, the sum over its
-    windows of dS = d(loss)/d(logits) into ``DBIAS[g, h]`` (fp32 ``(groups, heads, N_PAD, N_PAD)``),
-    which the launcher reduces over ``g`` with torch: a deterministic two-stage reduction, no atomics.
-    O and dO share the layout ``so*``.
-    """
+    """The shipped ``_window_attention_bwd_kernel`` (grid ``(groups, heads)``, partial bias sums in ``DBIAS``)
+    with the variant's layouts (``SHIFTED``), bias modes and mask modes."""
     g = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     heads = tl.num_programs(1)

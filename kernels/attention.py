@@ -287,31 +287,9 @@ def _bias_grad_partials(
     return per_prog, groups, part
 
 
-def _launch_backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    do: torch.Tensor,
-    lse: torch.Tensor,
-    bias: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    scale: float,
-    bias_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The backward kernel: ``(dq, dk, dv, fp32 (heads, N, N) bias gradient summed over windows or None)``."""
-    bw, heads, n, d = q.shape
-    per_prog, groups, part = _bias_grad_partials(bw, heads, n, bias_grad, q.device)
-    dq, dk, dv = (torch.empty_like(o) for _ in range(3))
-    n_mask = 1 if mask is None else mask.shape[0]
-    _kernels()._window_attention_bwd_kernel[(groups, heads)](
-        q, k, v, o, do, lse, dq, dk, dv, part, q if bias is None else bias, q if mask is None else mask,
-        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), *_strides3(dq), *_strides3(bias),
-        *_strides3(mask),
-        n, d, bw, per_prog, n_mask, float(scale),
-        BIAS_GRAD=bias_grad, **_meta(n, d, q.dtype, bias, mask, backward=True),
-    )  # fmt: skip
-    return dq, dk, dv, (part.sum(0)[:, :n, :n] if bias_grad else None)
+def _launch_backward(grid: tuple[int, int], *args: object, **meta: object) -> None:
+    """Launch the backward kernel on ``grid`` (the seam where a kernel too large for the device fails)."""
+    _kernels()._window_attention_bwd_kernel[grid](*args, **meta)
 
 
 def _is_out_of_resources(exc: BaseException) -> bool:
@@ -339,7 +317,8 @@ def _torch_backward(
     scale: float,
     bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Same contract as :func:`_launch_backward`, recomputed in fp32 torch (fallback, O(BW*heads*N^2) memory)."""
+    """``(dq, dk, dv, fp32 (heads, N, N) bias gradient summed over windows or None)`` recomputed in fp32 torch
+    (the fallback of the backward kernel, O(BW*heads*N^2) memory)."""
     heads, n = q.shape[1], q.shape[2]
     with torch.enable_grad():
         qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
@@ -375,10 +354,23 @@ def window_attention_backward(
     memory), falls back to an fp32 torch recompute instead of failing in the middle of a training step.
     """
     do = do if do.is_contiguous() else do.contiguous()
-    dq, dk, dv, dbias = _with_torch_fallback(
-        lambda: _launch_backward(q, k, v, o, do, lse, bias, mask, scale, bias_grad),
-        lambda: _torch_backward(q, k, v, do, bias, mask, scale, bias_grad),
-    )
+    bw, heads, n, d = q.shape
+
+    def launch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        per_prog, groups, part = _bias_grad_partials(bw, heads, n, bias_grad, q.device)
+        dq, dk, dv = (torch.empty_like(o) for _ in range(3))
+        n_mask = 1 if mask is None else mask.shape[0]
+        _launch_backward(
+            (groups, heads),
+            q, k, v, o, do, lse, dq, dk, dv, part, q if bias is None else bias, q if mask is None else mask,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), *_strides3(dq), *_strides3(bias),
+            *_strides3(mask),
+            n, d, bw, per_prog, n_mask, float(scale),
+            BIAS_GRAD=bias_grad, **_meta(n, d, q.dtype, bias, mask, backward=True),
+        )  # fmt: skip
+        return dq, dk, dv, (part.sum(0)[:, :n, :n] if bias_grad else None)
+
+    dq, dk, dv, dbias = _with_torch_fallback(launch, lambda: _torch_backward(q, k, v, do, bias, mask, scale, bias_grad))
     return dq, dk, dv, (dbias.to(bias.dtype) if bias_grad else None)
 
 

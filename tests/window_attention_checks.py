@@ -191,10 +191,19 @@ def check_strided_qkv_views_and_frozen_bias(attention: Attention, bias_form: str
     assert_close(x.grad, x64.grad, torch.float32, "grad qkv")
 
 
-def check_backward_deterministic(
-    attention: Attention, bias_form: str, n: int, d: int, heads: int, bw: int, nw: int
-) -> None:
-    """Two backwards through ``attention`` give bit-identical q / k / v / bias gradients."""
+def check_inf_mask(attention: Attention, bias_form: str) -> None:
+    """-inf style masks (instead of -100) give the same softmax as the reference."""
+    n, nw = 16, 3
+    mask = window_mask(n, nw)
+    mask = torch.where(mask < 0, float("-inf"), 0.0).to(DEVICE)
+    check_against_reference(attention, n, 16, 3, True, 6, nw, torch.float32, bias_form, mask=mask)
+
+
+def check_backward_deterministic(attention: Attention, bias_form: str, reference_forms: Sequence[str]) -> None:
+    """Two backwards through ``attention`` give bit-identical q / k / v / bias gradients (6 windows x 3 heads,
+    so a program reduces several windows once the test lowers ``_BWD_TARGET_PROGRAMS``); the same shape still
+    matches the reference for each of ``reference_forms``."""
+    n, d, heads, bw, nw = 49, 16, 3, 6, 3
     q, k, v, table, index, go = make_inputs(bw, heads, n, d, torch.float32, seed=7)
     mask = window_mask(n, nw).to(DEVICE)
     if bias_form == "dense":
@@ -206,6 +215,17 @@ def check_backward_deterministic(
         grads.append([t.grad.clone() for t in (qk, kk, vk, bk)])
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+    for form in reference_forms:  # and still correct
+        check_against_reference(attention, n, d, heads, True, bw, nw, torch.float32, form)
+
+
+def check_torch_fallback(attention: Attention, caplog, bias_forms: tuple[str, str]) -> None:
+    """With the backward launch patched to fail for lack of resources, the torch fallback gives the reference's
+    gradients (an fp32 masked and an fp16 unmasked case, one per bias form) and says so in the log."""
+    with caplog.at_level("WARNING", logger="patchloupe.kernels.attention"):
+        check_against_reference(attention, 49, 16, 3, True, 6, 3, torch.float32, bias_forms[0])
+        check_against_reference(attention, 16, 32, 1, False, 3, 3, torch.float16, bias_forms[1])
+    assert "torch fallback" in caplog.text
 
 
 class OutOfResources(Exception):  # noqa: N818 - same name as triton.runtime.errors.OutOfResources
