@@ -28,7 +28,13 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from patchloupe.kernels._attention_kernel import _attend, _attend_backward, _io_block
+from patchloupe.kernels._attention_kernel import (
+    _attend,
+    _attend_backward,
+    _io_block,
+    _store_bias_partial,
+    _store_grads,
+)
 
 # Bias modes (constexpr BIAS_MODE).
 BIAS_NONE = 0
@@ -181,12 +187,9 @@ def _window_attn_bwd_kernel(
         dq, dk, dv, ds = _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC)
 
         off_dqkv = _tile_offsets(w, h, offs_n, offs_d, sd0, sd1, sd2, sd3, WS, H, W, NWW, NWIN, SHIFT, SHIFTED)
-        tl.store(DQ + off_dqkv, dq.to(DQ.dtype.element_ty), mask=io_mask)
-        tl.store(DK + off_dqkv, dk.to(DK.dtype.element_ty), mask=io_mask)
-        tl.store(DV + off_dqkv, dv.to(DV.dtype.element_ty), mask=io_mask)
+        _store_grads(DQ, DK, DV, off_dqkv, dq, dk, dv, io_mask)
         if BIAS_GRAD:
             dbias += ds
 
     if BIAS_GRAD:
-        base = (g * heads + h) * N_PAD * N_PAD
-        tl.store(DBIAS + base + offs_n[:, None] * N_PAD + offs_n[None, :], dbias)
+        _store_bias_partial(DBIAS, g, h, heads, offs_n, dbias, N_PAD)

@@ -89,6 +89,21 @@ def _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def _store_grads(DQ, DK, DV, offs, dq, dk, dv, io_mask):
+    """Store one window's dq / dk / dv tiles (same offsets for the three) in their tensors' dtypes."""
+    tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=io_mask)
+    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=io_mask)
+    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def _store_bias_partial(DBIAS, g, h, heads, offs_n, dbias, N_PAD: tl.constexpr):
+    """Store program (g, h)'s fp32 bias-gradient partial sum into ``DBIAS[g, h]`` ``(groups, heads, N_PAD, N_PAD)``."""
+    base = (g * heads + h) * N_PAD * N_PAD
+    tl.store(DBIAS + base + offs_n[:, None] * N_PAD + offs_n[None, :], dbias)
+
+
+@triton.jit
 def _window_attention_fwd_kernel(
     Q, K, V, O, LSE, BIAS, MASK,
     sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, so0, so1, so2,
@@ -152,12 +167,9 @@ def _window_attention_bwd_kernel(
         s = _logits(q, k, add, w, offs_n, N, scale, MASK, sm0, sm1, sm2, n_mask, HAS_MASK, DOT_PREC)
         dq, dk, dv, ds = _attend_backward(q, k, v, o, do, lse, s, scale, DOT_PREC)
 
-        tl.store(DQ + off_dqkv, dq.to(DQ.dtype.element_ty), mask=io_mask)
-        tl.store(DK + off_dqkv, dk.to(DK.dtype.element_ty), mask=io_mask)
-        tl.store(DV + off_dqkv, dv.to(DV.dtype.element_ty), mask=io_mask)
+        _store_grads(DQ, DK, DV, off_dqkv, dq, dk, dv, io_mask)
         if BIAS_GRAD:
             dbias += ds
 
     if BIAS_GRAD:
-        base = (g * heads + h) * N_PAD * N_PAD
-        tl.store(DBIAS + base + offs_n[:, None] * N_PAD + offs_n[None, :], dbias)
+        _store_bias_partial(DBIAS, g, h, heads, offs_n, dbias, N_PAD)
