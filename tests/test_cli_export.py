@@ -1,4 +1,4 @@
-"""patchloupe.export.command: the ``export`` and ``benchmark`` subcommands' parsers and actions."""
+"""The CLI's ``export`` and ``benchmark`` subcommands: parsers and actions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 
 from patchloupe import Detector
-from patchloupe.export.command import add_benchmark_parser, add_export_parser, cmd_export
+from patchloupe.cli import add_benchmark_parser, add_export_parser, cmd_export
 
 
 def _parser() -> argparse.ArgumentParser:
