@@ -40,3 +40,13 @@ def test_image_scores_are_the_maximum_patch_score_in_batches() -> None:
     imgs = [np.full((8, 8, 3), v, np.uint8) for v in (0, 51, 255)]
     np.testing.assert_allclose(_Half().image_scores(imgs, batch_size=2), [0.0, 0.2, 1.0])
     assert _Half().image_scores([]).shape == (0,)
+
+
+def test_patch_maxima() -> None:
+    from patchloupe.scorers.base import patch_maxima
+
+    amap = np.zeros((2, 4, 6), np.float32)
+    amap[1, 3, 5] = 0.7
+    out = patch_maxima(amap, (2, 3))
+    assert out.shape == (2, 2, 3) and out.dtype == np.float64
+    assert out[1, 1, 2] == pytest.approx(0.7) and out.sum() == pytest.approx(0.7)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Scorer"]
+__all__ = ["Scorer", "patch_maxima"]
 
 
 class Scorer(ABC):
@@ -87,3 +87,10 @@ class Scorer(ABC):
             scores, _ = self.infer(np.stack([self.prepare(im) for im in resized[i : i + batch_size]]))
             out.append(scores.reshape(len(scores), -1).max(axis=1))
         return np.concatenate(out) if out else np.zeros(0)
+
+
+def patch_maxima(amap: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Score maps ``(B, H, W)`` (H, W divisible by the grid) -> each patch's maximum, float64 ``(B, rows, cols)``."""
+    b, h, w = amap.shape
+    rows, cols = grid
+    return amap.reshape(b, rows, h // rows, cols, w // cols).max(axis=(2, 4)).astype(np.float64)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patchloupe.models.backbone import TRUNKS, BackboneUnavailable, build_trunk, default_weights_path, load_backbone
-from patchloupe.scorers.base import Scorer
+from patchloupe.scorers.base import Scorer, patch_maxima
 
 log = logging.getLogger(__name__)
 
@@ -527,10 +527,7 @@ class MemoryScorer(Scorer):
         the anomaly map ``(B, H', W')``."""
         x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         amap = self.memory.anomaly_map(x).float().cpu().numpy()
-        b, h, w = amap.shape
-        rows, cols = self.grid
-        cells = amap.reshape(b, rows, h // rows, cols, w // cols)
-        return cells.max(axis=(2, 4)).astype(np.float64), amap
+        return patch_maxima(amap, self.grid), amap
 
     def flops(self) -> int:
         """The feature trunk plus the nearest-neighbour searches over both memories."""

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from patchloupe.models.backbone import build_trunk, load_backbone
-from patchloupe.scorers.base import Scorer
+from patchloupe.scorers.base import Scorer, patch_maxima
 from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,7 @@ class SelfRefScorer(Scorer):
         the anomaly map ``(B, H', W')`` in [0, 1)."""
         x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         amap = (-torch.expm1(-self.raw_map(x) / self.config.scale)).float().cpu().numpy()
-        b, h, w = amap.shape
-        rows, cols = self.grid
-        cells = amap.reshape(b, rows, h // rows, cols, w // cols)
-        return cells.max(axis=(2, 4)).astype(np.float64), amap
+        return patch_maxima(amap, self.grid), amap
 
     def flops(self) -> int:
         """The memory's trunk and search plus the self-reference search (``2 N^2 C`` per image)."""
