@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip
-EXTRAS ?= dev,triton,onnxruntime,serve,export,openvino
+EXTRAS ?= dev,triton,onnxruntime,serve,export,openvino,faiss
 PYTEST_ARGS ?=
 
 .PHONY: venv install dev demo test test-slow test-kernels bench bench-check bench-gate bench-baseline bench-gpu lint clean

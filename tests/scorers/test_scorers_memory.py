@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+import patchloupe.scorers.memory as memory_module
 import pytest
 import torch
+import torch.nn.functional as F
 from patchloupe import Detector
 from patchloupe.cli import main
 from patchloupe.detector import DetectorConfig, ModelError
@@ -22,6 +26,7 @@ from patchloupe.models.backbone import (
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
 from patchloupe.scorers.memory import (
+    IVF_MIN_VECTORS,
     FeatureMemory,
     MemoryConfig,
     MemoryScorer,
@@ -30,6 +35,7 @@ from patchloupe.scorers.memory import (
     greedy_coreset,
     rescale_to_peak,
     to_batch,
+    upsample_blur_matrix,
 )
 from patchloupe.scorers.pattern import PatternScorer
 
@@ -153,6 +159,16 @@ def test_gaussian_blur_matches_opencv(sigma: float) -> None:
     out = _gaussian_blur(torch.from_numpy(img)[None, None], sigma)[0, 0].numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert _gaussian_blur(torch.from_numpy(img)[None, None], 0.0)[0, 0].numpy() is not None
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.5, 8.0])
+@pytest.mark.parametrize(("hw", "size"), [((8, 8), (64, 64)), ((9, 7), (72, 56)), ((1, 3), (8, 24))])
+def test_upsample_and_blur_as_two_matrices_match_the_convolutions(sigma: float, hw: tuple, size: tuple) -> None:
+    d = torch.rand(2, *hw, generator=torch.Generator().manual_seed(0)) * 5
+    ref = _gaussian_blur(F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False), sigma)[:, 0]
+    mem = FeatureMemory(MemoryConfig(context_taps=(), blur_sigma=sigma), torch.zeros(1, 152))
+    torch.testing.assert_close(mem._blurred(d, size), ref, atol=1e-5, rtol=1e-5)
+    assert upsample_blur_matrix(hw[0], size[0], sigma).shape == (size[0], hw[0])
 
 
 # ------------------------------------------------------------------------------------------ FeatureMemory
@@ -307,6 +323,96 @@ def test_memory_config_validation_and_roundtrip() -> None:
     ):
         with pytest.raises(ValueError):
             MemoryConfig(**bad)
+
+
+# --------------------------------------------------------------------------------------- the search
+def _clustered(n: int, c: int = 152, seed: int = 0) -> torch.Tensor:
+    """``n`` vectors ``(n, c)`` around 64 random centres (a feature memory's shape, roughly)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(64, c, generator=g) * 4
+    return centres[torch.randint(64, (n,), generator=g)] + torch.randn(n, c, generator=g)
+
+
+def _queries(bank: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """Features ``(2, C, 16, 16)``: memory vectors moved a little, and some far from all of them."""
+    g = torch.Generator().manual_seed(seed)
+    q = bank[torch.randint(bank.shape[0], (512,), generator=g)] + 0.5 * torch.randn(512, bank.shape[1], generator=g)
+    q[::17] += 6 * torch.randn(q[::17].shape, generator=g)
+    return q.reshape(2, 16, 16, -1).permute(0, 3, 1, 2)
+
+
+def test_ivf_search_agrees_with_the_exact_search_and_is_cached() -> None:
+    pytest.importorskip("faiss")
+    bank = _clustered(IVF_MIN_VECTORS + 500)
+    f = _queries(bank)
+    exact = FeatureMemory(MemoryConfig(context_taps=(), search="exact"), bank.clone())
+    mem = FeatureMemory(MemoryConfig(context_taps=()), bank.clone())
+    assert mem.config.search == "ivf"
+    ref, approx = exact.nearest(f), mem.nearest(f)
+    torch.testing.assert_close(mem.nearest(f, exact=True), ref, atol=0, rtol=0)  # exact=True: the torch search
+    assert bool((approx >= ref - 1e-3).all())  # an inverted file only skips vectors
+    diff = (approx - ref).abs()
+    assert float(diff.median()) < 1e-3 and float((diff < 1e-3).float().mean()) > 0.9
+    index = mem._ivf_index(mem.bank)
+    assert index is not None and index.ntotal == bank.shape[0] and index.nprobe == mem.config.nprobe
+    assert mem._ivf_index(mem.bank) is index  # built once
+    # every list visited: the exact distances
+    mem.config.nprobe = index.nlist
+    torch.testing.assert_close(mem.nearest(f), ref, atol=1e-3, rtol=1e-4)
+    # the bank changes (extend assigns a new tensor; load_state_dict copies in place): the index is rebuilt
+    first = mem._ivf_index(mem.bank)
+    mem.bank = torch.cat([mem.bank, f[:1].permute(0, 2, 3, 1).reshape(-1, f.shape[1])]).contiguous()
+    rebuilt = mem._ivf_index(mem.bank)
+    assert rebuilt is not first and rebuilt.ntotal == bank.shape[0] + 256
+    assert float(mem.nearest(f)[0].max()) < 1e-2  # the first image's vectors are in the memory now
+    mem.load_state_dict({"bank": torch.zeros_like(mem.bank)}, strict=False)
+    assert mem._ivf_index(mem.bank) is not rebuilt
+    # a small memory, or a bank that is not the memory's, is searched exactly
+    small = FeatureMemory(MemoryConfig(context_taps=()), bank[: IVF_MIN_VECTORS - 1].clone())
+    assert small._ivf_index(small.bank) is None and mem._ivf_index(bank) is None
+    # the index is not part of a copy (faiss indexes do not pickle): a copy builds its own
+    twin = copy.deepcopy(mem)
+    assert "_ivf_cache" not in twin.__dict__
+    torch.testing.assert_close(twin.nearest(f), mem.nearest(f))
+
+
+def test_without_faiss_the_ivf_search_warns_once_and_is_exact(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    monkeypatch.setattr(memory_module, "_FAISS", [])
+    bank = _clustered(IVF_MIN_VECTORS + 10)
+    f = _queries(bank)
+    mem = FeatureMemory(MemoryConfig(context_taps=()), bank.clone())
+    exact = FeatureMemory(MemoryConfig(context_taps=(), search="exact"), bank.clone())
+    with caplog.at_level("WARNING", logger="patchloupe.scorers.memory"):
+        out = mem.nearest(f)
+        mem.nearest(f)
+    assert torch.equal(out, exact.nearest(f))
+    warnings = [r for r in caplog.records if "faiss is not installed" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_search_setting_is_validated_saved_and_old_models_search_exactly(tmp_path: Path) -> None:
+    assert MemoryConfig().search == "ivf" and MemoryConfig().nprobe >= 1
+    for bad in ({"search": "hnsw"}, {"search": None}, {"nprobe": 0}, {"nprobe": 2.5}, {"nprobe": True}):
+        with pytest.raises(ValueError, match="search|nprobe"):
+            MemoryConfig(**bad)
+    cfg = MemoryConfig(search="exact", nprobe=4)
+    assert MemoryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # a detector.json written before the setting existed: no "search" key -> exact, so its scores stay
+    mem = FeatureMemory.build([_surface(0), _surface(1)], SIZE, MemoryConfig(context_taps=(), coreset_fraction=0.5))
+    cfg = DetectorConfig(image_size=SIZE, grid=(8, 8), scorer="memory")
+    folder = Detector(MemoryScorer(mem, SIZE, (8, 8)), cfg).save(tmp_path / "m")
+    meta = json.loads((folder / "detector.json").read_text())
+    assert meta["scorer_config"]["search"] == "ivf"
+    del meta["scorer_config"]["search"], meta["scorer_config"]["nprobe"]
+    (folder / "detector.json").write_text(json.dumps(meta))
+    det = Detector.load(folder)
+    assert det.scorer.config.search == "exact"
+    img = _with_hole(_surface(9))
+    expect = -torch.expm1(-mem._blurred(mem.distances(to_batch([img])), SIZE) / mem.config.scale)
+    assert det.inspect(img).score == pytest.approx(float(expect.max()), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------- Detector memory mode
