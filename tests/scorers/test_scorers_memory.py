@@ -30,8 +30,10 @@ from patchloupe.scorers.memory import (
     FeatureMemory,
     MemoryConfig,
     MemoryScorer,
+    _aggregate,
     _gaussian_blur,
     _pca,
+    _rows,
     greedy_coreset,
     rescale_to_peak,
     to_batch,
@@ -189,6 +191,26 @@ def test_memory_of_an_image_finds_it_at_distance_zero() -> None:
         FeatureMemory(MemoryConfig(), torch.zeros(4, 7))
     mob = FeatureMemory.build(imgs, SIZE, MemoryConfig(backbone="mobilenet_v2", coreset_fraction=1.0))
     assert mob.bank.shape == (128, 32 + 96)
+
+
+def test_memory_runs_the_folded_trunk_and_rebuilds_it_when_the_weights_change() -> None:
+    mem = FeatureMemory.build([_surface(0)], SIZE, MemoryConfig(context_taps=(), coreset_fraction=1.0))
+    x = to_batch([_with_hole(_surface(1))])
+    fused = mem._inference_trunk()
+    assert fused is not mem.trunk and mem._inference_trunk() is fused  # built once
+    with torch.inference_mode():
+        plain = _rows(_aggregate(mem.trunk(x)))
+    torch.testing.assert_close(_rows(mem.features(x)), plain, atol=1e-4, rtol=1e-5)
+    state = {k: v * 1.5 if k.endswith("_bn1.weight") else v for k, v in mem.state_dict().items()}
+    mem.load_state_dict(state)  # in place: new versions, so a new folded copy
+    assert mem._inference_trunk() is not fused
+    with torch.inference_mode():
+        plain = _rows(_aggregate(mem.trunk(x)))
+    torch.testing.assert_close(_rows(mem.features(x)), plain, atol=1e-4, rtol=1e-5)
+    mem.trunk.train()
+    assert mem._inference_trunk() is mem.trunk
+    mob = FeatureMemory(MemoryConfig(backbone="mobilenet_v2"), None)
+    assert mob._inference_trunk() is mob.trunk  # no folded variant: the trunk itself
 
 
 def test_extend_adds_the_new_images_share_and_only_lowers_distances() -> None:

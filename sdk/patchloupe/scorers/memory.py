@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -240,12 +241,13 @@ class FeatureMemory(nn.Module):
 
     # ---------------------------------------------------------------------------------- features
     @torch.inference_mode()
-    def _tap_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _tap_features(self, x: torch.Tensor, folded: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, H/8, W/8)``, unprojected context features
-        ``(B, Cc, H/8/p, W/8/p)`` with ``p = context_pool``, or None), from one trunk pass."""
+        ``(B, Cc, H/8/p, W/8/p)`` with ``p = context_pool``, or None), from one trunk pass (through the
+        BatchNorm-folded copy of :meth:`_inference_trunk` unless ``folded=False``)."""
         # channels-last input: the convolutions keep that layout, 10-15 % faster on CPU (docs/benchmarks.md)
         x = x.to(self.bank.device).contiguous(memory_format=torch.channels_last)
-        maps = dict(zip(self.trunk.taps, self.trunk(x)))
+        maps = dict(zip(self.trunk.taps, (self._inference_trunk() if folded else self.trunk)(x)))
         ctx = None
         if self.has_context:
             ctx = _aggregate([maps[t] for t in self.config.context_taps])
@@ -313,9 +315,24 @@ class FeatureMemory(nn.Module):
             hit = cache[name] = (bank, _version(bank), self.config.nprobe, build_ivf(bank, self.config.nprobe))
         return hit[3]
 
-    def __getstate__(self) -> dict[str, Any]:  # faiss indexes do not pickle or deepcopy: rebuilt on demand
+    def _inference_trunk(self) -> nn.Module:
+        """The trunk with its BatchNorms folded into the convolutions (``trunk.fused()``, where the trunk has
+        one: EfficientNet-Lite0), cached and rebuilt when the trunk's weights change; else the trunk itself."""
+        fuse = getattr(self.trunk, "fused", None)
+        if fuse is None or self.trunk.training:
+            return self.trunk
+        tensors = itertools.chain(self.trunk.parameters(), self.trunk.buffers())
+        key = tuple((t.data_ptr(), t.dtype, _version(t)) for t in tensors)
+        hit = self.__dict__.get("_fused_trunk")
+        if hit is None or hit[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the caller is in
+                hit = self.__dict__["_fused_trunk"] = (key, fuse().eval())
+        return hit[1]
+
+    def __getstate__(self) -> dict[str, Any]:  # derived caches (faiss indexes do not pickle): rebuilt on demand
         state = self.__dict__.copy()
         state.pop("_ivf_cache", None)
+        state.pop("_fused_trunk", None)
         return state
 
     def _blurred(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -413,7 +430,9 @@ class FeatureMemory(nn.Module):
         feats, ctxs = [], []
         bar = _bar(len(images), progress, "features")
         for x in _batches(images, image_size, batch_size):
-            f, ctx = self._tap_features(x)
+            # the trunk itself, not its folded copy: a greedy coreset's picks follow float rounding, and the
+            # bank stays the one earlier releases built from these images (the folded trunk differs by ~1e-6)
+            f, ctx = self._tap_features(x, folded=False)
             feats.append(_rows(f))
             if ctx is not None:  # unprojected until the PCA exists (pooled 2x2 by default, so small)
                 ctxs.append(_rows(ctx) if self.context_mean.numel() == 0 else _rows(self._project(ctx)))
