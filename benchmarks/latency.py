@@ -67,7 +67,7 @@ def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
     out["memory_fit_s"] = time.perf_counter() - t
     mem.save(workdir / "memory_model")
     assert pc.bank is not None
-    memory = getattr(mem, "memory", None)  # the feature memory (the lead's refactor may move it)
+    memory = getattr(getattr(mem, "scorer", mem), "memory", None)  # the scorer's feature memory
     bank = getattr(memory, "bank", None)
     out["patchcore_bank"] = int(pc.bank.shape[0])
     out["memory_bank"] = int(bank.shape[0]) if bank is not None else -1

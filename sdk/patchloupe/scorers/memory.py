@@ -53,6 +53,10 @@ NPROBE = 16
 #: Memories with fewer vectors than this are searched exactly even with ``search="ivf"`` (the inverted
 #: file does not pay there: docs/benchmarks.md, "Inverted-file search").
 IVF_MIN_VECTORS = 2048
+#: OpenMP threads of the faiss calls. faiss-cpu bundles its own OpenMP runtime beside torch's, so matching
+#: torch's thread count makes two thread pools spin against each other on a small host: slower by measurement
+#: (docs/benchmarks.md, "Inverted-file search"); one thread keeps the search predictable.
+FAISS_THREADS = 1
 
 
 @dataclass
@@ -520,7 +524,7 @@ def build_ivf(bank: torch.Tensor, nprobe: int, seed: int = 0) -> Any:
     index.cp.max_points_per_centroid = 32
     index.verbose = False
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(torch.get_num_threads())
+    faiss.omp_set_num_threads(FAISS_THREADS)
     try:
         index.train(x)
         index.add(x)
@@ -535,7 +539,7 @@ def _ivf_distances(index: Any, q: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     whether one was found ``(N,)`` bool (False where every visited list is empty)."""
     faiss = _faiss()
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(torch.get_num_threads())
+    faiss.omp_set_num_threads(FAISS_THREADS)
     try:
         d2, ids = index.search(np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32), 1)
     finally:
