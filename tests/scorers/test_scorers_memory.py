@@ -207,6 +207,11 @@ def test_memory_runs_the_folded_trunk_and_rebuilds_it_when_the_weights_change() 
     with torch.inference_mode():
         plain = _rows(_aggregate(mem.trunk(x)))
     torch.testing.assert_close(_rows(mem.features(x)), plain, atol=1e-4, rtol=1e-5)
+    second = mem._inference_trunk()
+    with torch.no_grad():
+        mem.trunk._bn0.weight.mul_(0.5)  # an in-place edit bumps the version: a new folded copy
+    assert mem._inference_trunk() is not second
+    torch.testing.assert_close(_rows(mem.features(x)), _rows(_aggregate(mem.trunk(x))), atol=1e-4, rtol=1e-5)
     mem.trunk.train()
     assert mem._inference_trunk() is mem.trunk
     mob = FeatureMemory(MemoryConfig(backbone="mobilenet_v2"), None)
@@ -392,6 +397,12 @@ def test_ivf_search_agrees_with_the_exact_search_and_is_cached() -> None:
     # a small memory, or a bank that is not the memory's, is searched exactly
     small = FeatureMemory(MemoryConfig(context_taps=()), bank[: IVF_MIN_VECTORS - 1].clone())
     assert small._ivf_index(small.bank) is None and mem._ivf_index(bank) is None
+    # the context memory (it sets the image scores) is searched exactly whatever its size
+    context = {"context_bank": _clustered(IVF_MIN_VECTORS + 10, 128), "context_mean": torch.zeros(344)}
+    ctx = FeatureMemory(MemoryConfig(), bank.clone(), context={**context, "context_proj": torch.zeros(344, 128)})
+    assert ctx._ivf_index(ctx.bank) is not None and ctx._ivf_index(ctx.context_bank) is None
+    g = _queries(ctx.context_bank)
+    assert torch.equal(ctx.nearest(g, bank=ctx.context_bank), ctx.nearest(g, bank=ctx.context_bank, exact=True))
     # the index is not part of a copy (faiss indexes do not pickle): a copy builds its own
     twin = copy.deepcopy(mem)
     assert "_ivf_cache" not in twin.__dict__

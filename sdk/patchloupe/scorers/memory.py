@@ -283,8 +283,10 @@ class FeatureMemory(nn.Module):
         """Features ``(B, C, h, w)`` -> Euclidean distance of each position to its nearest vector of ``bank``
         (default: the memory ``bank``) ``(B, h, w)``.
 
-        ``config.search == "exact"`` (or ``exact=True``, or a bank that is not one of this memory's, or
-        one with fewer than ``IVF_MIN_VECTORS`` rows, or one off the CPU) compares every memory vector.
+        ``config.search == "exact"`` (or ``exact=True``, or a bank other than the fine memory ``bank``, or
+        one with fewer than ``IVF_MIN_VECTORS`` rows, or one off the CPU) compares every memory vector. So the
+        context memory, which sets each image's score (:func:`rescale_to_peak`), is always searched exactly:
+        with it, image scores are the exact search's and the inverted file changes only the map's shape.
         ``"ivf"`` searches a faiss inverted file (``IndexIVFFlat``, about ``4 sqrt(M)`` lists, ``nprobe``
         of them visited per query), built from the bank on first use and rebuilt when the bank changes
         (it is not saved: the model folder holds the bank only). The inverted file only ever skips memory
@@ -306,13 +308,13 @@ class FeatureMemory(nn.Module):
         return _exact_nearest(q, bank, chunk).reshape(b, h, w)
 
     def _ivf_index(self, bank: torch.Tensor) -> Any:
-        """The cached faiss inverted file of ``bank`` (this memory's ``bank`` or ``context_bank``), or None
-        where the search is exact (see :meth:`nearest`)."""
+        """The cached faiss inverted file of ``bank`` when it is this memory's (fine) ``bank``, or None where
+        the search is exact (see :meth:`nearest`)."""
         if self.config.search != "ivf" or bank.shape[0] < IVF_MIN_VECTORS or bank.dtype != torch.float32:
             return None
-        name = next((n for n in ("bank", "context_bank") if getattr(self, n, None) is bank), None)
-        if name is None or _faiss() is None:
+        if bank is not self.bank or _faiss() is None:  # the context memory is always searched exactly
             return None
+        name = "bank"
         cache = self.__dict__.setdefault("_ivf_cache", {})  # name -> (bank, its version, nprobe, index)
         hit = cache.get(name)
         if hit is None or hit[0] is not bank or hit[1:3] != (_version(bank), self.config.nprobe):
@@ -325,13 +327,20 @@ class FeatureMemory(nn.Module):
         fuse = getattr(self.trunk, "fused", None)
         if fuse is None or self.trunk.training:
             return self.trunk
-        tensors = itertools.chain(self.trunk.parameters(), self.trunk.buffers())
-        key = tuple((t.data_ptr(), t.dtype, _version(t)) for t in tensors)
-        hit = self.__dict__.get("_fused_trunk")
-        if hit is None or hit[0] != key:
+        hit = self.__dict__.get("_fused_trunk")  # (trunk, its tensors, their (pointer, version)s, folded copy)
+        if hit is None or hit[0] is not self.trunk or _stamp(hit[1]) != hit[2]:  # in-place edits show as versions
+            tensors = tuple(itertools.chain(self.trunk.parameters(), self.trunk.buffers()))
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the caller is in
-                hit = self.__dict__["_fused_trunk"] = (key, fuse().eval())
-        return hit[1]
+                hit = self.__dict__["_fused_trunk"] = (self.trunk, tensors, _stamp(tensors), fuse().eval())
+        return hit[3]
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> FeatureMemory:  # .to(), .half(), ...: caches go
+        self.__dict__.pop("_fused_trunk", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # may replace tensors (assign=True): caches go
+        self.__dict__.pop("_fused_trunk", None)
+        return super().load_state_dict(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:  # derived caches (faiss indexes do not pickle): rebuilt on demand
         state = self.__dict__.copy()
@@ -499,6 +508,11 @@ def _faiss() -> Any:
             faiss = None
         _FAISS.append(faiss)
     return _FAISS[0]
+
+
+def _stamp(tensors: Sequence[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """Each tensor's (data pointer, version): changes when a tensor is moved or modified in place."""
+    return tuple((t.data_ptr(), _version(t)) for t in tensors)
 
 
 def _version(t: torch.Tensor) -> int:
