@@ -249,8 +249,7 @@ class FeatureMemory(nn.Module):
         """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, H/8, W/8)``, unprojected context features
         ``(B, Cc, H/8/p, W/8/p)`` with ``p = context_pool``, or None), from one trunk pass (through the
         BatchNorm-folded copy of :meth:`_inference_trunk` unless ``folded=False``)."""
-        # channels-last input: the convolutions keep that layout, 10-15 % faster on CPU (docs/benchmarks.md)
-        x = x.to(self.bank.device).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.bank.device)  # (channels-last input: no measurable gain, docs/benchmarks.md)
         maps = dict(zip(self.trunk.taps, (self._inference_trunk() if folded else self.trunk)(x)))
         ctx = None
         if self.has_context:
