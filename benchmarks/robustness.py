@@ -48,7 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref": {},
     "selfref-logplane": {"normalize": "logplane"},
     "selfref-nonorm": {"normalize": "none"},
-    "selfref-gate": {"combine": "gate"},
+    "selfref-min": {"combine": "min"},
+    "selfref-nocopies": {"lighting_copies": 0},
     "selfref-mean": {"combine": "mean"},
     "selfref-self": {"combine": "self"},
     "selfref-memory": {"combine": "memory"},
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small subsets (see the defaults it sets below)")
     p.add_argument("--sections", default="generated,tile")
-    p.add_argument("--scorers", default="selfref,selfref-logplane,selfref-nonorm,memory,pattern,patchcore")
+    p.add_argument("--scorers", default="selfref,selfref-min,memory,pattern,patchcore")
     p.add_argument("--families", default=None, help="default: all (quick: cloth,mesh,metal)")
     p.add_argument("--shift-families", default=None, help="default: all (quick: cloth,mesh)")
     p.add_argument("--lighting-families", default=None, help="default: all (quick: cloth,metal)")
