@@ -375,7 +375,7 @@ def exclusion_mask(h: int, w: int, exclude: int) -> torch.Tensor:
 def lower_median(v: torch.Tensor) -> torch.Tensor:
     """``(B, N)`` -> ``(B,)`` the lower median (``torch.median``'s: the ``(N - 1) // 2``-th smallest value) as the
     largest of the ``(N + 1) // 2`` smallest (``torch.topk``, ONNX TopK: ONNX has no median operator)."""
-    return v.topk((v.shape[1] + 1) // 2, dim=1, largest=False).values.amax(1)
+    return v.topk((int(v.shape[1]) + 1) // 2, dim=1, largest=False).values.amax(1)  # int(): a constant K when traced
 
 
 class SelfRefGraph(MemoryGraph):
