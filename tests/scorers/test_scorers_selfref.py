@@ -17,8 +17,10 @@ from patchloupe.scorers.pattern import PatternScorer
 from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
+    exclusion_mask,
     flat_field,
     lighting_copies,
+    lower_median,
     normalize_lighting,
     self_distances,
 )
@@ -224,3 +226,27 @@ def test_save_load_round_trip(det: Detector, tmp_path) -> None:
     imgs = [_texture(7), _with_defect(_texture(8))]
     np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
     np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 65])
+def test_lower_median_is_torch_median_for_even_and_odd_counts_and_ties(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(3, n, generator=g)
+    v[1] = torch.randint(0, 3, (n,), generator=g).float()  # ties
+    torch.testing.assert_close(lower_median(v), v.median(dim=1).values, rtol=0, atol=0)
+
+
+def test_exclusion_mask_is_the_chebyshev_neighbourhood() -> None:
+    m = exclusion_mask(4, 5, 1)
+    assert m.shape == (20, 20) and m.dtype == torch.bool and bool((m == m.T).all()) and bool(m.diagonal().all())
+    assert int(m[0].sum()) == 4 and int(m[6].sum()) == 9  # a corner's 2x2 and an interior position's 3x3
+    assert bool(m[6, 0]) and not bool(m[6, 3])  # (1, 1) is next to (0, 0) but two columns from (0, 3)
+
+
+def test_self_distances_in_the_export_graph_equal_self_distances(det: Detector) -> None:
+    from patchloupe.scorers.selfref import SelfRefGraph
+
+    f = torch.randn(2, 16, 6, 7, generator=torch.Generator().manual_seed(0))
+    cfg = det.scorer.config
+    want = self_distances(f, cfg.k, cfg.exclude)
+    torch.testing.assert_close(SelfRefGraph(det.scorer)._self_distances(f), want, atol=1e-5, rtol=1e-5)

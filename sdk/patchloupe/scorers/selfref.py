@@ -34,6 +34,7 @@ size; a patch's score is the map's maximum over it). Figures: docs/benchmarks.md
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -47,7 +48,15 @@ from torch import nn
 from patchloupe.models.backbone import build_trunk, load_backbone
 from patchloupe.preprocess import resize_for_model
 from patchloupe.scorers.base import Scorer, patch_maxima
-from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches, rescale_to_peak
+from patchloupe.scorers.memory import (
+    SEARCH_CHUNK,
+    FeatureMemory,
+    MemoryConfig,
+    MemoryGraph,
+    _batches,
+    graph_outputs,
+    rescale_to_peak,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ NORMALIZES = ("flat", "logplane", "plane", "none")
 
 __all__ = [
     "SelfRefConfig",
+    "SelfRefGraph",
     "SelfRefScorer",
     "fit_selfref",
     "flat_field",
@@ -346,6 +356,97 @@ class SelfRefScorer(Scorer):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
+
+    def export_module(self, half: bool = False, chunk: int = SEARCH_CHUNK) -> SelfRefGraph:
+        """The whole scorer as one traceable network (``patchloupe.export``): see :class:`SelfRefGraph`."""
+        return SelfRefGraph(self, half=half, chunk=chunk)
+
+
+@functools.lru_cache(maxsize=16)
+def exclusion_mask(h: int, w: int, exclude: int) -> torch.Tensor:
+    """Bool ``(h w, h w)``: position pairs of an ``h x w`` grid within ``exclude`` cells (Chebyshev) of each
+    other, the pairs :func:`self_distances` leaves out (numpy-built, so a traced graph holds it as a constant;
+    read-only)."""
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None]) <= exclude) & (np.abs(xx[:, None] - xx[None]) <= exclude)
+    return torch.from_numpy(near)
+
+
+def lower_median(v: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` -> ``(B,)`` the lower median (``torch.median``'s: the ``(N - 1) // 2``-th smallest value) as the
+    largest of the ``(N + 1) // 2`` smallest (``torch.topk``, ONNX TopK: ONNX has no median operator)."""
+    return v.topk((int(v.shape[1]) + 1) // 2, dim=1, largest=False).values.amax(1)  # int(): a constant K when traced
+
+
+class SelfRefGraph(MemoryGraph):
+    """:meth:`SelfRefScorer.infer` as one static-shape graph: uint8 RGB ``(B, H, W, 3)`` at the model size ->
+    image scores ``(B,)``, patch scores ``(B, rows, cols)`` and the anomaly map ``(B, H, W)`` (the field).
+
+    The lighting normalisation (``config.normalize``, in float32), the trunk and the memory searches are
+    :class:`MemoryGraph`'s (the fine and context memories walked in runs of ``chunk`` rows); the
+    self-reference is :func:`self_distances` with its exclusion mask a constant and TopK for the ``k`` nearest;
+    the per-image medians (of ``s`` and of the scaled memory distance for the gate) are :func:`lower_median`;
+    then ``combine``, the context height for a gated image, the upsampling + blur and ``1 - exp(-d / scale)``
+    as :meth:`SelfRefScorer.blend` and :meth:`SelfRefScorer.infer` compute them. ``half`` runs the trunk in
+    float16, everything else in float32."""
+
+    def __init__(self, scorer: SelfRefScorer, half: bool = False, chunk: int = SEARCH_CHUNK) -> None:
+        super().__init__(scorer, half=half, chunk=chunk)  # type: ignore[arg-type]  (memory, grid, image_size)
+        self.trunk = self.trunk.net  # the LightingTrunk's network: the normalisation runs here, in float32
+        self.selfref = SelfRefConfig(**asdict(scorer.config))  # every combine and normalize exports
+        self.use_context = self.has_context and self.selfref.combine == "gate"  # as SelfRefScorer.parts
+        self.register_buffer("position_scale", scorer.position_scale.detach().float().cpu().clone())
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float32 ``(B, 3, H, W)`` -> the lighting normalisation of :class:`LightingTrunk`."""
+        how = self.selfref.normalize
+        if how == "none":
+            return x
+        if how == "flat":
+            return flat_field(x)
+        return normalize_lighting(x, log_domain=how == "logplane")
+
+    def _self_distances(self, f: torch.Tensor) -> torch.Tensor:
+        """:func:`self_distances` of features ``(B, C, h, w)`` -> ``(B, h, w)``, rows in runs of 1024 positions."""
+        b, c, h, w = f.shape
+        h, w = int(h), int(w)  # while tracing the sizes are traced values; the mask must be the cached constant
+        n, k, ex = h * w, self.selfref.k, self.selfref.exclude
+        kk = min(k, n - min(n, (2 * ex + 1) ** 2))
+        if kk < 1:
+            raise ValueError(f"a {h}x{w} feature map leaves no positions outside exclude={ex}")
+        q = f.flatten(2).transpose(1, 2)  # (B, N, C)
+        sq = q.square().sum(-1)  # (B, N)
+        near = exclusion_mask(h, w, ex)
+        out = []
+        for i in range(0, n, 1024):
+            d2 = (sq[:, None, :] - 2.0 * (q[:, i : i + 1024] @ q.transpose(1, 2))) + sq[:, i : i + 1024, None]
+            d2 = torch.where(near[i : i + 1024], torch.full_like(d2, float("inf")), d2)
+            out.append(d2.topk(kk, dim=-1, largest=False).values.clamp_min(0.0).sqrt().mean(-1))
+        return torch.cat(out, 1).reshape(-1, h, w)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg, size = self.selfref, self.image_size
+        x = self._normalize(images.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+        f, proj = self._features(x, context=self.use_context)
+        s = self._self_distances(f)
+        s = s / lower_median(s.flatten(1)).clamp_min(1e-6)[:, None, None]
+        if tuple(self.position_scale.shape) == tuple(int(v) for v in s.shape[1:]):
+            s = s / self.position_scale
+        m = self._nearest(f, self.bank) / cfg.memory_scale
+        if cfg.combine == "min":
+            comb = torch.minimum(s, m)
+        elif cfg.combine == "gate":  # SelfRefScorer.near: the median scaled memory distance below the gate
+            near = (lower_median(m.flatten(1)) < cfg.gate)[:, None, None]
+            comb = torch.where(near, m, torch.minimum(s, m))
+        elif cfg.combine == "mean":
+            comb = 0.5 * (s + m)
+        else:
+            comb = s if cfg.combine == "self" else m
+        d = self._blurred(comb, size)
+        if proj is not None:
+            ctx = self._blurred(self._nearest(proj, self.context_bank) / cfg.context_scale, size)
+            d = torch.where(near, rescale_to_peak(d, ctx), d)
+        return graph_outputs(1.0 - torch.exp(-d / cfg.scale), self.grid)
 
 
 def fit_selfref(
