@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-nonorm": {"normalize": "none"},
     "selfref-min": {"combine": "min"},
     "selfref-nocopies": {"lighting_copies": 0},
+    "selfref-mnv2": {"memory": {"backbone": "mobilenet_v2", "context_taps": (6, 13, 16)}},
+    "selfref-mnv2-noctx": {"memory": {"backbone": "mobilenet_v2", "context_taps": ()}},
     "selfref-mean": {"combine": "mean"},
     "selfref-self": {"combine": "self"},
     "selfref-memory": {"combine": "memory"},
@@ -117,18 +119,23 @@ def fit_model(name: str, train_dir: Path, args: argparse.Namespace) -> Any:
 
 
 def _fit_selfref(images: list[np.ndarray], overrides: dict[str, Any], seed: int) -> Any:
-    """``Detector.fit(images, scorer="selfref")`` with ``SelfRefConfig`` overrides (same steps as ``fit``)."""
+    """``Detector.fit(images, scorer="selfref")`` with ``SelfRefConfig`` overrides (same steps as ``fit``); the
+    overrides' ``"memory"`` entry, if any, holds ``MemoryConfig`` overrides."""
     from patchloupe import Detector
     from patchloupe.calibration import threshold_from_scores
     from patchloupe.config import DetectorConfig
     from patchloupe.fit import MEMORY_GRID, split_holdout
+    from patchloupe.scorers.memory import MemoryConfig
     from patchloupe.scorers.selfref import SelfRefConfig, fit_selfref
 
+    overrides = dict(overrides)
+    memory = overrides.pop("memory", None)
+    mcfg = MemoryConfig(coreset_fraction=0.1, **memory) if memory is not None else None
     train, hold = split_holdout(images, 0.2, seed)
     size = (256, 256)
     scorer, scores, record = fit_selfref(
         train, hold, size, MEMORY_GRID, coreset_fraction=0.1, seed=seed, progress=False,
-        config=SelfRefConfig(**overrides),
+        config=SelfRefConfig(**overrides), memory_config=mcfg,
     )  # fmt: skip
     threshold, calibration = threshold_from_scores(scores, 0.01)
     config = DetectorConfig(image_size=size, grid=MEMORY_GRID, threshold=threshold, scorer=scorer.name,
