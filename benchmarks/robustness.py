@@ -1,4 +1,4 @@
-"""Robustness benchmark (issue 11, targets 1-4): every scorer beside a plain PatchCore, in one run.
+"""Robustness benchmark (issue 11, targets 1-6): every scorer beside a plain PatchCore, in one run.
 
 Targets measured (per scorer):
   1 texture change   fit on style A, evaluate on style B of the same family, both directions (0 <-> 1), against
@@ -9,6 +9,10 @@ Targets measured (per scorer):
   3 real surfaces    magnetic tile (../shared/data/magnetic_tile): image AUROC >= 0.985, pixel >= 0.87, and
                      >= PatchCore + 2 points image AUROC, >= its pixel AUROC
   4 families fitted  fit on each family's style 0: image >= 0.99, pixel >= 0.98
+  5 held-out styles  (section "heldout") fitted once on style 0 of every family with two styles, evaluated on
+                     their style 1: image >= 0.95; beside the built-in model ``Detector.load()`` (not held out)
+  6 operating point  at the calibrated threshold: realised false-alarm rate and recall against the best recall
+                     at that rate (``evaluate``'s operating point), worst case per scorer
 
 Scorers: ``selfref`` (patchloupe.scorers.selfref) and its variants ``selfref-<name>`` (VARIANTS below),
 ``memory``, ``pattern`` (``Detector.fit`` with ``--pattern-steps``) and ``patchcore`` (benchmarks/patchcore.py:
@@ -18,6 +22,7 @@ its test sets, so the fits are shared between targets 1, 2 and 4.
 Usage:
   python benchmarks/robustness.py --quick --out runs/robustness_quick.json
   python benchmarks/robustness.py --sections tile --out runs/robustness_tile.json
+  python benchmarks/robustness.py --quick --sections heldout --scorers selfref,memory --out runs/heldout.json
 Lighting-changed test sets are written beside the generated data (images only; masks are linked).
 """
 
@@ -48,7 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref": {},
     "selfref-logplane": {"normalize": "logplane"},
     "selfref-nonorm": {"normalize": "none"},
-    "selfref-gate": {"combine": "gate"},
+    "selfref-min": {"combine": "min"},
+    "selfref-nocopies": {"lighting_copies": 0},
+    "selfref-mnv2": {"memory": {"backbone": "mobilenet_v2", "context_taps": (6, 13, 16)}},
+    "selfref-mnv2-noctx": {"memory": {"backbone": "mobilenet_v2", "context_taps": ()}},
     "selfref-mean": {"combine": "mean"},
     "selfref-self": {"combine": "self"},
     "selfref-memory": {"combine": "memory"},
@@ -56,7 +64,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-k32": {"k": 32},
 }
 LIGHTING = ("gain", "gamma", "gradient")
-KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "n_images", "latency_ms_median", "tp", "fp", "tn", "fn")
+KEYS = (
+    "image_auroc", "pixel_auroc", "aupro", "f1_max", "n_images", "latency_ms_median", "tp", "fp", "tn", "fn",
+    "realised_false_alarm_rate", "recall_at_threshold", "best_recall_at_that_false_alarm_rate",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -96,8 +107,9 @@ class PatchCoreInspector:
         return evaluate_detector(self, folder)
 
 
-def fit_model(name: str, train_dir: Path, args: argparse.Namespace) -> Any:
-    """A fitted model (anything with ``evaluate(folder)``) for scorer ``name`` on the images of ``train_dir``."""
+def fit_model(name: str, train_dir: Path | list[np.ndarray], args: argparse.Namespace) -> Any:
+    """A fitted model (anything with ``evaluate(folder)``) for scorer ``name`` on the images of ``train_dir`` (a
+    folder or the images themselves)."""
     from patchloupe import Detector
     from patchloupe.fit import collect_images
 
@@ -116,18 +128,23 @@ def fit_model(name: str, train_dir: Path, args: argparse.Namespace) -> Any:
 
 
 def _fit_selfref(images: list[np.ndarray], overrides: dict[str, Any], seed: int) -> Any:
-    """``Detector.fit(images, scorer="selfref")`` with ``SelfRefConfig`` overrides (same steps as ``fit``)."""
+    """``Detector.fit(images, scorer="selfref")`` with ``SelfRefConfig`` overrides (same steps as ``fit``); the
+    overrides' ``"memory"`` entry, if any, holds ``MemoryConfig`` overrides."""
     from patchloupe import Detector
     from patchloupe.calibration import threshold_from_scores
     from patchloupe.config import DetectorConfig
     from patchloupe.fit import MEMORY_GRID, split_holdout
+    from patchloupe.scorers.memory import MemoryConfig
     from patchloupe.scorers.selfref import SelfRefConfig, fit_selfref
 
+    overrides = dict(overrides)
+    memory = overrides.pop("memory", None)
+    mcfg = MemoryConfig(coreset_fraction=0.1, **memory) if memory is not None else None
     train, hold = split_holdout(images, 0.2, seed)
     size = (256, 256)
     scorer, scores, record = fit_selfref(
         train, hold, size, MEMORY_GRID, coreset_fraction=0.1, seed=seed, progress=False,
-        config=SelfRefConfig(**overrides),
+        config=SelfRefConfig(**overrides), memory_config=mcfg,
     )  # fmt: skip
     threshold, calibration = threshold_from_scores(scores, 0.01)
     config = DetectorConfig(image_size=size, grid=MEMORY_GRID, threshold=threshold, scorer=scorer.name,
@@ -265,6 +282,33 @@ def section_tile(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
+    """Target 5 (no fitting on the evaluated style): every scorer but patchcore fitted once on style 0 of every
+    family together (``--n-train`` images each: what a built-in model would be built from), and the built-in
+    model ``Detector.load()`` (which saw every style in pre-training, so its rows are not held out), each
+    evaluated on style 1 of every family."""
+    from patchloupe import Detector
+    from patchloupe.data import FAMILIES, STYLES, generate_dataset
+    from patchloupe.fit import collect_images
+
+    fams = [f for f in FAMILIES if len(STYLES[f]) > 1]
+    gen = dict(n_test_good=args.n_test_good, n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed)
+    generate_dataset(data / "heldout", families=fams, style=0, n_train=args.n_train, **{**gen, "n_test_good": 1,
+                     "n_test_defect_per_kind": 0})  # fmt: skip
+    generate_dataset(data / "heldout", families=fams, style=1, n_train=0, **gen)
+    train = [im for f in fams for im in collect_images(data / "heldout" / f / "train" / "good")]
+    rows = []
+    for name in [n for n in args.scorers.split(",") if n != "patchcore"] + ["builtin"]:
+        t0 = time.perf_counter()
+        model = Detector.load() if name == "builtin" else fit_model(name, train, args)
+        fit_s = round(time.perf_counter() - t0, 1)
+        for fam in fams:
+            rows.append({"data": fam, "scorer": name, "fit_on": "all-style0", "eval_on": "style1", "change": "heldout",
+                         "fit_s": fit_s, **_metrics(model.evaluate(data / "heldout" / f"{fam}_style1"))})  # fmt: skip
+            log.info("%s", rows[-1])
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- summary
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per scorer: the worst case of each target (drops in AUROC points)."""
@@ -285,6 +329,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     d = round(100 * (same[f"{m}_auroc"] - r[f"{m}_auroc"]), 1)
                     key = f"t1_worst_{m}_drop_pts"
                     s[key] = max(s.get(key, -1e9), d)
+        if change == "heldout":  # target 5
+            s["t5_min_image"] = min(s.get("t5_min_image", 1.0), r["image_auroc"])
+            continue
+        if r.get("realised_false_alarm_rate") is not None and change == "none":  # target 6, worst case
+            s["t6_worst_far"] = max(s.get("t6_worst_far", 0.0), r["realised_false_alarm_rate"])
+            gap = round(100 * (r["best_recall_at_that_false_alarm_rate"] - r["recall_at_threshold"]), 1)
+            s["t6_worst_recall_gap_pts"] = max(s.get("t6_worst_recall_gap_pts", -1e9), gap)
         if change != "none":  # target 2
             base = by.get((data, sc, fit_on, eval_on, "none"))
             if base:
@@ -309,14 +360,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"generated": section_generated, "tile": section_tile}
+SECTIONS = {"generated": section_generated, "tile": section_tile, "heldout": section_heldout}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small subsets (see the defaults it sets below)")
-    p.add_argument("--sections", default="generated,tile")
-    p.add_argument("--scorers", default="selfref,selfref-logplane,selfref-nonorm,memory,pattern,patchcore")
+    p.add_argument("--sections", default="generated,tile,heldout")
+    p.add_argument("--scorers", default="selfref,selfref-min,memory,pattern,patchcore")
     p.add_argument("--families", default=None, help="default: all (quick: cloth,mesh,metal)")
     p.add_argument("--shift-families", default=None, help="default: all (quick: cloth,mesh)")
     p.add_argument("--lighting-families", default=None, help="default: all (quick: cloth,metal)")

@@ -52,5 +52,13 @@ def test_summarise_reports_worst_drops_and_patchcore_margin() -> None:
     assert s["t2_worst_image_drop_pts"] == 5.0
     assert s["t3_vs_patchcore_image_pts"] == 1.0 and s["t3_vs_patchcore_pixel_pts"] == 2.0
     assert s["t4_min_image"] == 1.0 and s["t4_min_pixel"] == 0.99
+    rows += [
+        row("cloth", "a", "all-style0", "style1", "heldout", 0.91, 0.95),
+        row("mesh", "a", "all-style0", "style1", "heldout", 0.85, 0.95),
+    ]
+    rows[5].update(realised_false_alarm_rate=0.02, recall_at_threshold=0.4, best_recall_at_that_false_alarm_rate=0.7)
+    s = summarise(rows)["a"]
+    assert s["t5_min_image"] == 0.85 and s["t2_worst_image_drop_pts"] == 5.0  # held-out rows are not lighting rows
+    assert s["t6_worst_far"] == 0.02 and s["t6_worst_recall_gap_pts"] == 30.0
     table = markdown(rows)
     assert "| cloth | style0 | style1 | none | 0.900 / 0.960 | - |" in table

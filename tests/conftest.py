@@ -239,12 +239,31 @@ def small_memory_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a De
 
 
 @pytest.fixture(scope="session")
-def exported_graphs(tiny_pattern_detector, small_memory_detector, tmp_path_factory):  # noqa: ANN001, ANN201
-    """Both detectors exported to ONNX with a dynamic batch: ``{"pattern": Path, "memory": Path}`` (graph files)."""
+def small_selfref_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a Detector
+    """A self-reference detector (the default scorer: combine="gate", context memory) fitted on 12 surfaces at
+    64 x 64."""
+    import torch
+    from patchloupe import Detector
+    from patchloupe.scorers.memory import memory_available
+
+    if not memory_available():
+        pytest.skip("the self-reference scorer's trunk weights are not installed")
+    torch.manual_seed(0)
+    train = [striped_surface(s) for s in range(12)]
+    return Detector.fit(
+        train, base=tiny_pattern_detector, scorer="selfref", image_size=(64, 64), coreset_fraction=0.25, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_graphs(tiny_pattern_detector, small_memory_detector, small_selfref_detector, tmp_path_factory):  # noqa: ANN001, ANN201
+    """The detectors exported to ONNX with a dynamic batch: ``{"pattern": Path, "memory": Path, "selfref": Path}``
+    (graph files)."""
     pytest.importorskip("onnx", reason="export needs the 'export' extra")
     pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
     out = tmp_path_factory.mktemp("exported")
     return {
         "pattern": tiny_pattern_detector.export(out / "pattern.onnx", batch="dynamic"),
         "memory": small_memory_detector.export(out / "memory", batch="dynamic"),
+        "selfref": small_selfref_detector.export(out / "selfref", batch="dynamic"),
     }

@@ -64,6 +64,7 @@ def test_auto_scorer_follows_the_prediction_error_ratio(
     det = Detector.fit(
         textures / "train" / "good",
         base=model_dir,
+        scorer="auto",
         grid_candidates=((3, 3),),
         generator_steps=1,
         comparator_steps=1,
@@ -86,3 +87,21 @@ def test_choose_scorer_explicit_and_small_fixed_grid(model_dir: Path) -> None:
     assert scorer == "pattern" and ratios == {} and "too small" in choice["rule"]
     with pytest.raises(ValueError, match="no grid candidate"):
         choose_scorer(gen, imgs, (96, 96), "auto", grid_candidates=((8, 8),), scorer="pattern")
+
+
+def test_default_scorer_is_selfref_and_falls_back_without_trunk_weights(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect
+
+    import patchloupe.scorers.memory as memory_mod
+    from patchloupe.fit import choose_scorer, fit_detector
+
+    assert inspect.signature(fit_detector).parameters["scorer"].default == "selfref"
+    gen = Detector.load(model_dir).scorer.generator
+    imgs = [random_image(i) for i in range(2)]
+    monkeypatch.setattr(memory_mod, "memory_available", lambda: True)
+    assert choose_scorer(gen, imgs, (96, 96), (3, 3), scorer="selfref")[0] == "selfref"
+    monkeypatch.setattr(memory_mod, "memory_available", lambda: False)
+    scorer, _, choice = choose_scorer(gen, imgs, (96, 96), (3, 3), scorer="selfref")
+    assert scorer == "pattern" and choice["requested"] == "selfref" and "not installed" in choice["rule"]

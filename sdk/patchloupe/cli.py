@@ -372,12 +372,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--base", help="model folder to start from (default: the built-in model)")
     s.add_argument(
         "--scorer",
-        choices=("auto", "pattern", "memory", "selfref"),
-        default="auto",
-        help="pattern: the paper's generator + comparator (regular textures, robust to texture change); "
-        "memory: nearest-neighbour ImageNet features (irregular real surfaces); selfref: the features "
-        "compared with the same image and the memory (texture and lighting changes); auto: memory when the "
-        "images are not predictable from their neighbours (see README)",
+        choices=("selfref", "auto", "pattern", "memory"),
+        default="selfref",
+        help="selfref (default): ImageNet features compared with a memory of the training images and with the "
+        "same image (real surfaces, changes of texture); memory: the memory alone; pattern: the paper's "
+        "generator + comparator (regular textures); auto: memory or pattern by how predictable the images "
+        "are from their neighbours (see README)",
     )
     s.add_argument("--coreset-fraction", type=float, default=0.1, help="memory scorer: share of features kept")
     s.add_argument("--grid", type=_grid, default="auto", help="'auto' or ROWSxCOLS")

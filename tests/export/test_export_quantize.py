@@ -11,10 +11,12 @@ onnx = pytest.importorskip("onnx", reason="export needs the 'export' extra")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["memory", "selfref"])
 @pytest.mark.parametrize("calibrated", [False, True])
-def test_int8_memory_graph_runs_and_keeps_the_search_in_float(small_memory_detector, tmp_path, calibrated) -> None:
+def test_int8_memory_graph_runs_and_keeps_the_search_in_float(request, tmp_path, calibrated, kind: str) -> None:
     cal = [striped_surface(s + 300) for s in range(4)] if calibrated else None
-    path = small_memory_detector.export(tmp_path / "q.onnx", int8=True, calibration=cal)
+    ref = request.getfixturevalue(f"small_{kind}_detector")
+    path = ref.export(tmp_path / "q.onnx", int8=True, calibration=cal)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ops & {"ConvInteger", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
     det = Detector.load(path)

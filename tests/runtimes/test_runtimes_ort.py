@@ -12,6 +12,7 @@ INPUTS = {  # input sizes other than the model's: the runtime resizes exactly as
     "pattern": [striped_surface(s, (120, 150), hole=s % 2 == 1) for s in range(4)] + [striped_surface(9, (80, 80))],
     "memory": [striped_surface(s + 50, hole=s % 2 == 1) for s in range(4)] + [striped_surface(7, (100, 90))],
 }
+INPUTS["selfref"] = INPUTS["memory"]
 
 
 def assert_parity(ref: Detector, det: Detector, images: list[np.ndarray], batch_size: int = 3) -> list:
@@ -31,14 +32,15 @@ def assert_parity(ref: Detector, det: Detector, images: list[np.ndarray], batch_
 
 
 @pytest.fixture(scope="module")
-def detectors(tiny_pattern_detector, small_memory_detector, exported_graphs) -> dict:
+def detectors(tiny_pattern_detector, small_memory_detector, small_selfref_detector, exported_graphs) -> dict:
     return {
         "pattern": (tiny_pattern_detector, Detector.load(exported_graphs["pattern"], threads=1)),
         "memory": (small_memory_detector, Detector.load(exported_graphs["memory"], threads=1)),
+        "selfref": (small_selfref_detector, Detector.load(exported_graphs["selfref"], threads=1)),
     }
 
 
-@pytest.mark.parametrize("kind", ["pattern", "memory"])
+@pytest.mark.parametrize("kind", ["pattern", "memory", "selfref"])
 def test_onnxruntime_matches_torch_through_the_whole_pipeline(detectors, kind: str) -> None:
     ref, det = detectors[kind]
     assert isinstance(det.scorer, OnnxScorer) and det.scorer.providers == ["CPUExecutionProvider"]
@@ -47,9 +49,15 @@ def test_onnxruntime_matches_torch_through_the_whole_pipeline(detectors, kind: s
     want = assert_parity(ref, det, INPUTS[kind])
     if kind == "memory":  # the holes are found: the verdicts compared are not all alike
         assert {w.is_anomalous for w in want} == {True, False}
+    if kind == "selfref":  # its fitted threshold (2 held-out images) calls all five good: one in the widest gap
+        s = np.sort([w.score for w in want])
+        i = int(np.argmax(np.diff(s)))
+        t = float(s[i] + s[i + 1]) / 2.0
+        verdicts = [[r.is_anomalous for r in d.inspect_many(INPUTS[kind], threshold=t)] for d in (ref, det)]
+        assert verdicts[0] == verdicts[1] and set(verdicts[0]) == {True, False}
 
 
-@pytest.mark.parametrize("kind", ["pattern", "memory"])
+@pytest.mark.parametrize("kind", ["pattern", "memory", "selfref"])
 def test_graph_outputs_match_pixelmaps_at_the_model_size(detectors, kind: str) -> None:
     from patchloupe import pixelmaps
 
@@ -94,9 +102,11 @@ def test_wrong_input_shape_is_a_value_error(detectors) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["pattern", "memory"])
-def test_fp16_graph_stays_close(tiny_pattern_detector, small_memory_detector, tmp_path, kind: str) -> None:
-    ref = tiny_pattern_detector if kind == "pattern" else small_memory_detector
+@pytest.mark.parametrize("kind", ["pattern", "memory", "selfref"])
+def test_fp16_graph_stays_close(
+    tiny_pattern_detector, small_memory_detector, small_selfref_detector, tmp_path, kind: str
+) -> None:
+    ref = {"pattern": tiny_pattern_detector, "memory": small_memory_detector, "selfref": small_selfref_detector}[kind]
     det = Detector.load(ref.export(tmp_path / "h.onnx", half=True))
     assert det.scorer.meta["precision"] == "fp16"
     for w, g in zip(ref.inspect_many(INPUTS[kind]), det.inspect_many(INPUTS[kind])):

@@ -11,9 +11,11 @@ from patchloupe.runtimes.ov import OpenVinoScorer  # noqa: E402
 from test_runtimes_ort import INPUTS, assert_parity  # noqa: E402
 
 
-@pytest.mark.parametrize("kind", ["pattern", "memory"])
-def test_openvino_matches_torch(tiny_pattern_detector, small_memory_detector, exported_graphs, kind: str) -> None:
-    ref = tiny_pattern_detector if kind == "pattern" else small_memory_detector
+@pytest.mark.parametrize("kind", ["pattern", "memory", "selfref"])
+def test_openvino_matches_torch(
+    tiny_pattern_detector, small_memory_detector, small_selfref_detector, exported_graphs, kind: str
+) -> None:
+    ref = {"pattern": tiny_pattern_detector, "memory": small_memory_detector, "selfref": small_selfref_detector}[kind]
     det = Detector.load(exported_graphs[kind], runtime="openvino", threads=1)
     assert isinstance(det.scorer, OpenVinoScorer)
     assert_parity(ref, det, INPUTS[kind])

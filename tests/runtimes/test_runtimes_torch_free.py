@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import striped_surface
 
 SCRIPT = r"""
@@ -46,6 +47,7 @@ def _run(mode: str, graph: Path, tmp_path: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_load_and_inspect_an_exported_graph_without_torch(exported_graphs, tmp_path) -> None:
-    out = _run("strict", exported_graphs["memory"], tmp_path)
+@pytest.mark.parametrize("kind", ["memory", "selfref"])
+def test_load_and_inspect_an_exported_graph_without_torch(exported_graphs, tmp_path, kind: str) -> None:
+    out = _run("strict", exported_graphs[kind], tmp_path)
     assert out["attempts"] == [] and out["torch"] is None

@@ -17,7 +17,10 @@ from patchloupe.scorers.pattern import PatternScorer
 from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
+    exclusion_mask,
     flat_field,
+    lighting_copies,
+    lower_median,
     normalize_lighting,
     self_distances,
 )
@@ -115,10 +118,51 @@ def test_combine_rules(det: Detector) -> None:
     s = torch.full((2, 4, 4), 0.5)
     d = torch.full((2, 4, 4), sc.config.memory_scale)
     d[1] *= 3.0  # image 1 is far from the memory (a changed texture), image 0 is like the fitted surface
-    assert torch.equal(sc.combine(s, d), torch.full((2, 4, 4), 0.5))  # min
-    gated = SelfRefScorer(sc.memory, replace(sc.config, combine="gate"), SIZE, (4, 4), sc.position_scale)
-    out = gated.combine(s, d)
+    assert sc.config.combine == "gate"  # the default
+    out = sc.combine(s, d)
     assert torch.allclose(out[0], torch.ones(4, 4)) and torch.equal(out[1], s[1])
+    assert sc.near(d).tolist() == [True, False]
+    low = SelfRefScorer(sc.memory, replace(sc.config, combine="min"), SIZE, (4, 4), sc.position_scale)
+    assert torch.equal(low.combine(s, d), torch.full((2, 4, 4), 0.5))
+
+
+def test_gate_takes_the_context_height_for_images_near_the_memory(det: Detector) -> None:
+    sc = det.scorer
+    assert sc.memory.has_context and sc.config.context_scale != 1.0  # fitted on the held-out images
+    s = torch.full((2, 16, 16), 0.5)
+    d = torch.full((2, 16, 16), sc.config.memory_scale)
+    d[0, 8, 8] *= 1.5  # image 0: near the memory with one odd position; image 1: far (min(s, m) = s)
+    d[1] *= 3.0
+    c = torch.full((2, 8, 8), sc.config.context_scale * 4.0)
+    out = sc.blend(s, d, c, SIZE)
+    assert out[0].amax() == pytest.approx(4.0, rel=1e-4)  # the context memory's height
+    assert out[0].argmax() == sc.blend(s, d, None, SIZE)[0].argmax()  # the memory map's shape
+    assert torch.allclose(out[1], sc.blend(s, d, None, SIZE)[1])  # a far image ignores the context memory
+
+
+def test_lighting_copies_are_bounded_seeded_and_changed() -> None:
+    imgs = [_texture(s) for s in range(5)]
+    a, b = lighting_copies(imgs, 7, seed=3), lighting_copies(imgs, 7, seed=3)
+    assert len(a) == 7 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(x.shape == imgs[0].shape and x.dtype == np.uint8 for x in a)
+    assert all(not any(np.array_equal(x, im) for im in imgs) for x in a)
+    assert len(lighting_copies(imgs, 100, seed=0)) == 10  # at most 2 per image
+    assert lighting_copies(imgs, 0, seed=0) == [] and lighting_copies([], 5, seed=0) == []
+
+
+def test_lighting_copies_join_the_memory(det: Detector) -> None:
+    rec = det.config.training
+    assert rec["lighting_copies"] == 8  # 4 training images, 2 copies each
+    assert rec["held_out_near"] == rec["n_holdout"]  # held-out images of the fitted surface pass the gate
+
+
+def test_configs_saved_before_the_gate_load_as_min() -> None:
+    old = {"k": 8, "exclude": 2, "normalize": "flat", "gate": 2.0, "memory_scale": 1.5, "scale": 0.7}
+    cfg = SelfRefConfig.from_dict(old)
+    assert cfg.combine == "min" and cfg.lighting_copies == 0 and cfg.context_scale == 1.0
+    assert SelfRefConfig.from_dict({**old, "combine": "gate"}).combine == "gate"
+    with pytest.raises(ValueError, match="lighting_copies"):
+        SelfRefConfig(lighting_copies=-1)
 
 
 def test_finds_an_obvious_defect(det: Detector) -> None:
@@ -139,8 +183,28 @@ def test_finds_a_defect_on_a_texture_it_never_saw(det: Detector) -> None:
     assert _scores(det, bad).min() > _scores(det, good).max()
 
 
+@pytest.fixture(scope="module")
+def det_min() -> Detector:
+    """The same fit with ``combine="min"`` (either reference may call a position normal)."""
+    from patchloupe.config import DetectorConfig as Config
+    from patchloupe.scorers.selfref import fit_selfref
+
+    torch.manual_seed(0)
+    train = [_texture(s) for s in range(6)]
+    scorer, _, _ = fit_selfref(
+        train[:4], train[4:], SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False,
+        config=SelfRefConfig(combine="min"),
+    )  # fmt: skip
+    det = Detector(scorer, Config(image_size=SIZE, grid=(4, 4), scorer="selfref"))
+    det.calibrate([_texture(s) for s in range(50, 62)])
+    return det
+
+
 @pytest.mark.parametrize("change", ["gain0.6", "gain1.5", "gamma0.7", "gamma1.4", "gradient"])
-def test_good_images_stay_below_threshold_under_lighting_change(det: Detector, change: str) -> None:
+def test_good_images_stay_below_threshold_under_lighting_change(det_min: Detector, change: str) -> None:
+    """``combine="min"``: lighting-robust (the default "gate" scores an image like the fitted surface by the
+    memory alone, which measured less robust to lighting: docs/benchmarks.md, "Robustness")."""
+    det = det_min
     good = [_texture(s).astype(np.float64) / 255.0 for s in range(300, 306)]
     if change.startswith("gain"):
         changed = [im * float(change[4:]) for im in good]
@@ -162,3 +226,27 @@ def test_save_load_round_trip(det: Detector, tmp_path) -> None:
     imgs = [_texture(7), _with_defect(_texture(8))]
     np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
     np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 65])
+def test_lower_median_is_torch_median_for_even_and_odd_counts_and_ties(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(3, n, generator=g)
+    v[1] = torch.randint(0, 3, (n,), generator=g).float()  # ties
+    torch.testing.assert_close(lower_median(v), v.median(dim=1).values, rtol=0, atol=0)
+
+
+def test_exclusion_mask_is_the_chebyshev_neighbourhood() -> None:
+    m = exclusion_mask(4, 5, 1)
+    assert m.shape == (20, 20) and m.dtype == torch.bool and bool((m == m.T).all()) and bool(m.diagonal().all())
+    assert int(m[0].sum()) == 4 and int(m[6].sum()) == 9  # a corner's 2x2 and an interior position's 3x3
+    assert bool(m[6, 0]) and not bool(m[6, 3])  # (1, 1) is next to (0, 0) but two columns from (0, 3)
+
+
+def test_self_distances_in_the_export_graph_equal_self_distances(det: Detector) -> None:
+    from patchloupe.scorers.selfref import SelfRefGraph
+
+    f = torch.randn(2, 16, 6, 7, generator=torch.Generator().manual_seed(0))
+    cfg = det.scorer.config
+    want = self_distances(f, cfg.k, cfg.exclude)
+    torch.testing.assert_close(SelfRefGraph(det.scorer)._self_distances(f), want, atol=1e-5, rtol=1e-5)

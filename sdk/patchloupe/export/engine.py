@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MISSING_TENSORRT", "build_engine", "tensorrt_problem"]
+__all__ = ["MISSING_TENSORRT", "TOPK_MAX", "build_engine", "tensorrt_problem", "topk_problem", "topk_sizes"]
 
 MISSING_TENSORRT = (
     "format='engine' needs TensorRT's Python package and a CUDA device: on a Jetson, JetPack ships it "
@@ -25,6 +25,9 @@ MISSING_TENSORRT = (
 
 #: dynamic-batch engines are built for batches 1..MAX_BATCH (optimised for OPT_BATCH)
 MAX_BATCH, OPT_BATCH = 16, 4
+#: TensorRT's TopK takes at most this many elements (the self-reference scorer's per-image medians take
+#: half the positions of the stride-8 grid: (H/8 * W/8 + 1) // 2)
+TOPK_MAX = 3840
 
 
 def tensorrt_problem() -> str | None:
@@ -42,11 +45,40 @@ def tensorrt_problem() -> str | None:
     return None
 
 
+def topk_sizes(model: Any) -> list[int]:
+    """The constant ``K`` of each TopK node of the ONNX ``model`` (an initializer or a Constant node's output)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+    return [int(numpy_helper.to_array(consts[n.input[1]]).max()) for n in model.graph.node
+            if n.op_type == "TopK" and len(n.input) > 1 and n.input[1] in consts]  # fmt: skip
+
+
+def topk_problem(model: Any) -> str | None:
+    """Why TensorRT cannot run the ONNX ``model``'s TopK nodes (a ``K`` above :data:`TOPK_MAX`), or None."""
+    ks = topk_sizes(model)
+    if ks and max(ks) > TOPK_MAX:
+        return (
+            f"TensorRT's TopK takes at most {TOPK_MAX} elements, the graph needs {max(ks)} (the self-reference "
+            "scorer's median over the stride-8 positions): fit at a smaller image_size, or run the ONNX graph "
+            "with ONNX Runtime's CUDA provider"
+        )
+    return None
+
+
 def build_engine(onnx_file: Path, out: Path, half: bool = True, batch: int | str = 1) -> dict[str, Any]:
     """Build and write the engine; returns facts for the artefact (TensorRT version, typing)."""
     problem = tensorrt_problem()
     if problem is not None:
         raise RuntimeError(problem)
+    import onnx
+
+    problem = topk_problem(onnx.load(str(onnx_file)))
+    if problem is not None:
+        raise ValueError(problem)
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)

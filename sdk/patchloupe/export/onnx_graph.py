@@ -20,7 +20,8 @@ ALLOWED_OPS = frozenset(
     "Add Sub Mul Div Pow Sqrt Exp Neg Abs Erf Sigmoid Relu Clip Max Min Where Equal Less Greater Not Cast "
     "MatMul Gemm Conv MaxPool AveragePool GlobalAveragePool Softmax LayerNormalization ReduceMean ReduceMax "
     "ReduceMin ReduceSum Reshape Transpose Concat Slice Gather Unsqueeze Squeeze Expand Shape Constant "
-    "ConstantOfShape Pad Resize Identity Flatten Range Tile Split Mod Floor DequantizeLinear QuantizeLinear".split()
+    "ConstantOfShape Pad Resize Identity Flatten Range Tile Split Mod Floor DequantizeLinear QuantizeLinear "
+    "TopK Log Reciprocal ReduceProd".split()  # the self-reference scorer: k nearest / medians, the normalisations
 )
 
 

@@ -350,8 +350,8 @@ class FeatureMemory(nn.Module):
     def _blurred(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Distances ``(B, h, w)`` -> upsampled (bilinear) to ``size`` and blurred ``(B, H, W)``: both steps are
         linear and separable, so this is ``A_h @ d @ A_w.T`` with the two ``(size, h|w)`` matrices of
-        :func:`upsample_blur_matrix` (the same map as ``_gaussian_blur(F.interpolate(d))``, to float rounding,
-        at a small fraction of the 49-tap convolutions' cost)."""
+        :func:`upsample_blur_matrix` (the same map as :func:`upsample_blur`, the exported graphs' convolutions, to
+        float rounding, at a small fraction of the 49-tap convolutions' cost)."""
         sigma = float(self.config.blur_sigma)
         a_h = upsample_blur_matrix(d.shape[-2], int(size[0]), sigma).to(d.device, d.dtype)
         a_w = upsample_blur_matrix(d.shape[-1], int(size[1]), sigma).to(d.device, d.dtype)
@@ -758,38 +758,62 @@ class MemoryGraph(nn.Module):
                 self.register_buffer(name, getattr(mem, name).detach().float().cpu().clone())
 
     def _nearest(self, f: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, C, h, w)`` -> distance to the nearest row of ``bank`` ``(M, C)`` ``(B, h, w)``."""
-        b, c, h, w = f.shape
-        q = f.permute(0, 2, 3, 1).reshape(-1, h * w, c)
-        qn = q.square().sum(-1)
-        best = None
-        for i in range(0, bank.shape[0], self.chunk):
-            part = bank[i : i + self.chunk]
-            d2 = part.square().sum(1) - 2.0 * (q @ part.T)  # (B, hw, chunk)
-            m = d2.amin(-1)
-            best = m if best is None else torch.minimum(best, m)
-        return (best + qn).clamp_min(0.0).sqrt().reshape(-1, h, w)
+        return chunked_nearest(f, bank, self.chunk)
 
     def _blurred(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        d = F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)
-        return _gaussian_blur(d, self.config.blur_sigma)[:, 0]
+        return upsample_blur(d, size, self.config.blur_sigma)
+
+    def _features(self, x: torch.Tensor, context: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """RGB float32 ``(B, 3, H, W)`` -> (features ``(B, C, h, w)``, PCA-projected context features
+        ``(B, k, h', w')`` or None without a context memory or ``context=False``), float32, from one trunk pass
+        (in float16 when ``half``)."""
+        maps = dict(zip(self.trunk.taps, [m.to(torch.float32) for m in self.trunk(x.to(self.dtype))]))
+        f = _aggregate([maps[t] for t in self.config.taps])
+        if not (self.has_context and context):
+            return f, None
+        ctx = _aggregate([maps[t] for t in self.config.context_taps])
+        if self.config.context_pool > 1:
+            ctx = F.avg_pool2d(ctx, self.config.context_pool, ceil_mode=True)
+        return f, ((ctx.permute(0, 2, 3, 1) - self.context_mean) @ self.context_proj).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size = self.image_size
-        x = (images.permute(0, 3, 1, 2).to(torch.float32) / 255.0).to(self.dtype)
-        maps = dict(zip(self.trunk.taps, [m.to(torch.float32) for m in self.trunk(x)]))
-        d = self._blurred(self._nearest(_aggregate([maps[t] for t in self.config.taps]), self.bank), size)
-        if self.has_context:
-            ctx = _aggregate([maps[t] for t in self.config.context_taps])
-            if self.config.context_pool > 1:
-                ctx = F.avg_pool2d(ctx, self.config.context_pool, ceil_mode=True)
-            proj = ((ctx.permute(0, 2, 3, 1) - self.context_mean) @ self.context_proj).permute(0, 3, 1, 2)
+        f, proj = self._features(images.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+        d = self._blurred(self._nearest(f, self.bank), size)
+        if proj is not None:
             d = rescale_to_peak(d, self._blurred(self._nearest(proj, self.context_bank), size))
-        amap = 1.0 - torch.exp(-d / self.config.scale)
-        rows, cols = self.grid
-        b_h, b_w = size[0] // rows, size[1] // cols
-        patch = amap.reshape(-1, rows, b_h, cols, b_w).amax(dim=(2, 4))
-        return patch.reshape(patch.shape[0], -1).amax(1), patch, amap
+        return graph_outputs(1.0 - torch.exp(-d / self.config.scale), self.grid)
+
+
+def chunked_nearest(f: torch.Tensor, bank: torch.Tensor, chunk: int = SEARCH_CHUNK) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` -> distance to the nearest row of ``bank`` ``(M, C)`` ``(B, h, w)``, the bank
+    walked in runs of ``chunk`` rows (a minimum per run, then the minimum of the runs), so an exported graph's
+    largest intermediate is ``B x hw x chunk`` floats whatever the bank's size."""
+    b, c, h, w = f.shape
+    q = f.permute(0, 2, 3, 1).reshape(-1, h * w, c)
+    qn = q.square().sum(-1)
+    best = None
+    for i in range(0, bank.shape[0], chunk):
+        part = bank[i : i + chunk]
+        d2 = part.square().sum(1) - 2.0 * (q @ part.T)  # (B, hw, chunk)
+        m = d2.amin(-1)
+        best = m if best is None else torch.minimum(best, m)
+    return (best + qn).clamp_min(0.0).sqrt().reshape(-1, h, w)
+
+
+def upsample_blur(d: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Distances ``(B, h, w)`` -> bilinearly upsampled to ``size`` and Gaussian-blurred (``sigma``) ``(B, H, W)``."""
+    d = F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)
+    return _gaussian_blur(d, sigma)[:, 0]
+
+
+def graph_outputs(amap: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An exported graph's outputs from its anomaly map ``(B, H, W)`` (H, W divisible by ``grid``): image scores
+    ``(B,)``, patch scores ``(B, rows, cols)`` (each patch's maximum, as ``patch_maxima``) and the map itself."""
+    rows, cols = grid
+    h, w = amap.shape[-2:]
+    patch = amap.reshape(-1, rows, h // rows, cols, w // cols).amax(dim=(2, 4))
+    return patch.reshape(patch.shape[0], -1).amax(1), patch, amap
 
 
 def fit_memory(

@@ -17,10 +17,15 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    fewer matches in their own image) -> ``s`` ``(B, h, w)``, ~1 on normal texture;
 4. memory distance: each position's distance to its nearest training memory vector, divided by the
    median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
-   normal images of the fitted surface;
-5. ``combine``: ``"min"`` (default: normal when either reference matches), ``"gate"`` (``m`` alone for an
-   image whose median ``m`` is below ``gate``, i.e. one that resembles the fitted surface, else ``min``),
-   ``"mean"``, ``"self"`` or ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
+   normal images of the fitted surface. At fit time the memory also holds up to ``lighting_copies``
+   photometric copies of training images (a random gain 0.6-1.6, gamma 0.7-1.4 or linear illumination
+   ramp each), so a lamp that ages or an exposure that drifts stays inside the memory; with a context
+   memory (the memory scorer's, ``context_taps``) its distance divided by its held-out median -> ``c``;
+5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate``, i.e. one that resembles
+   the fitted surface, is scored by the memory alone, as the memory scorer scores it: the shape of ``m``
+   with the height of ``c`` when there is a context memory; any other image, e.g. after a change of
+   texture, by ``min(s, m)``: normal when either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
+   ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
 :class:`SelfRefScorer` is a ``Scorer`` with ``pixel_rule = "resize"`` (the field is the map at the model
@@ -29,6 +34,7 @@ size; a patch's score is the map's maximum over it). Figures: docs/benchmarks.md
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -40,15 +46,33 @@ import torch
 from torch import nn
 
 from patchloupe.models.backbone import build_trunk, load_backbone
+from patchloupe.preprocess import resize_for_model
 from patchloupe.scorers.base import Scorer, patch_maxima
-from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, _batches
+from patchloupe.scorers.memory import (
+    SEARCH_CHUNK,
+    FeatureMemory,
+    MemoryConfig,
+    MemoryGraph,
+    _batches,
+    graph_outputs,
+    rescale_to_peak,
+)
 
 log = logging.getLogger(__name__)
 
 COMBINES = ("min", "gate", "mean", "self", "memory")
 NORMALIZES = ("flat", "logplane", "plane", "none")
 
-__all__ = ["SelfRefConfig", "SelfRefScorer", "fit_selfref", "flat_field", "normalize_lighting", "self_distances"]
+__all__ = [
+    "SelfRefConfig",
+    "SelfRefGraph",
+    "SelfRefScorer",
+    "fit_selfref",
+    "flat_field",
+    "lighting_copies",
+    "normalize_lighting",
+    "self_distances",
+]
 
 
 @dataclass
@@ -57,10 +81,12 @@ class SelfRefConfig:
 
     k: int = 8
     exclude: int = 2
-    combine: str = "min"
+    combine: str = "gate"
     normalize: str = "flat"
-    gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by m alone
+    gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
+    lighting_copies: int = 64  # fit only: at most this many photometric copies of training images join the memory
     memory_scale: float = 1.0
+    context_scale: float = 1.0
     scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -69,11 +95,14 @@ class SelfRefConfig:
         if int(self.exclude) < 0:
             raise ValueError(f"exclude must be >= 0, got {self.exclude}")
         self.k, self.exclude = int(self.k), int(self.exclude)
+        if int(self.lighting_copies) < 0:
+            raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
+        self.lighting_copies = int(self.lighting_copies)
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
             raise ValueError(f"normalize must be one of {NORMALIZES}, got {self.normalize!r}")
-        for name in ("gate", "memory_scale", "scale"):
+        for name in ("gate", "memory_scale", "context_scale", "scale"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0.0):
                 raise ValueError(f"{name} must be positive, got {v}")
@@ -81,7 +110,40 @@ class SelfRefConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
+        """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
+        ``"gate"`` became it) and a missing ``lighting_copies`` is 0, so older models keep their scores."""
+        d = {"combine": "min", "lighting_copies": 0, **d}
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def lighting_copies(images: Sequence[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    """Up to ``n`` photometric copies of ``images`` (RGB uint8, any sizes): ``ceil(n / len)`` per image, at most
+    2 each, images chosen in a seeded order; each copy gets one random change: a gain in [0.6, 1.6], a gamma in
+    [0.7, 1.4] or a linear illumination ramp of +-20-40 % in a random direction."""
+    if n <= 0 or not images:
+        return []
+    rng = np.random.default_rng(seed)
+    per = min(2, math.ceil(n / len(images)))
+    order = rng.permutation(len(images))
+    out: list[np.ndarray] = []
+    for i in order:
+        for _ in range(per):
+            if len(out) >= n:
+                return out
+            x = images[int(i)].astype(np.float32) / 255.0
+            kind = int(rng.integers(3))
+            if kind == 0:
+                y = x * np.float32(rng.uniform(0.6, 1.6))
+            elif kind == 1:
+                y = x ** np.float32(rng.uniform(0.7, 1.4))
+            else:
+                h, w = x.shape[:2]
+                a, t = rng.uniform(0.2, 0.4), rng.uniform(0.0, 2.0 * np.pi)
+                yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+                r = np.cos(t) * (xx / max(1, w - 1) - 0.5) + np.sin(t) * (yy / max(1, h - 1) - 0.5)
+                y = x * (1.0 + a * r / max(float(np.abs(r).max()), 1e-6))[..., None].astype(np.float32)
+            out.append(np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return out
 
 
 def normalize_lighting(x: torch.Tensor, eps: float = 1.0 / 64, log_domain: bool = True) -> torch.Tensor:
@@ -232,33 +294,52 @@ class SelfRefScorer(Scorer):
 
     # ------------------------------------------------------------------------------------------ maps
     @torch.inference_mode()
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``), each ``(B, h, w)``
-        at the feature grid; ``s`` is already divided by its per-image median, ``d`` is not scaled."""
-        f = self.memory.features(x)
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``) ``(B, h, w)`` at the
+        feature grid, and the raw context-memory distance ``(B, h', w')`` (None without a context memory);
+        ``s`` is already divided by its per-image median and the position scale, the distances are not scaled."""
+        f, ctx = self.memory._tap_features(x)
         s = self_distances(f, self.config.k, self.config.exclude)
         s = s / s.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
         if self.position_scale.shape == s.shape[1:]:
             s = s / self.position_scale.to(s.device)
-        return s, self.memory.nearest(f)
+        c = None
+        if ctx is not None and self.config.combine == "gate":
+            c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
+        return s, self.memory.nearest(f), c
 
     def combine(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)``."""
+        """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
+        (``"gate"``: before the context memory sets the height of the memory-scored images, see :meth:`blend`)."""
         m = d / self.config.memory_scale
         how = self.config.combine
         if how == "min":
             return torch.minimum(s, m)
         if how == "gate":  # the image resembles the fitted surface: the memory alone; else either reference
-            near = m.flatten(1).median(dim=1).values < self.config.gate
-            return torch.where(near[:, None, None], m, torch.minimum(s, m))
+            return torch.where(self.near(d)[:, None, None], m, torch.minimum(s, m))
         if how == "mean":
             return 0.5 * (s + m)
         return s if how == "self" else m
 
+    def near(self, d: torch.Tensor) -> torch.Tensor:
+        """Raw memory distances ``(B, h, w)`` -> bool ``(B,)``: the image resembles the fitted surface (its median
+        scaled memory distance is below ``gate``)."""
+        return (d / self.config.memory_scale).flatten(1).median(dim=1).values < self.config.gate
+
+    def blend(self, s: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        """The parts -> the combined map upsampled to ``size`` and blurred ``(B, H, W)`` (unnormalised). With a
+        context memory, a memory-scored image keeps its map's shape and takes the height of ``c / context_scale``
+        (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images)."""
+        out = self.memory._blurred(self.combine(s, d), size)
+        if c is None:
+            return out
+        ctx = rescale_to_peak(out, self.memory._blurred(c / self.config.context_scale, size))
+        return torch.where(self.near(d)[:, None, None], ctx, out)
+
     @torch.inference_mode()
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
         """RGB float ``(B, 3, H, W)`` -> combined map upsampled and blurred ``(B, H, W)`` (unnormalised)."""
-        return self.memory._blurred(self.combine(*self.parts(x)), x.shape[-2:])
+        return self.blend(*self.parts(x), x.shape[-2:])
 
     @torch.inference_mode()
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -276,6 +357,97 @@ class SelfRefScorer(Scorer):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.memory.trunk.parameters()) + self.memory.num_entries()
 
+    def export_module(self, half: bool = False, chunk: int = SEARCH_CHUNK) -> SelfRefGraph:
+        """The whole scorer as one traceable network (``patchloupe.export``): see :class:`SelfRefGraph`."""
+        return SelfRefGraph(self, half=half, chunk=chunk)
+
+
+@functools.lru_cache(maxsize=16)
+def exclusion_mask(h: int, w: int, exclude: int) -> torch.Tensor:
+    """Bool ``(h w, h w)``: position pairs of an ``h x w`` grid within ``exclude`` cells (Chebyshev) of each
+    other, the pairs :func:`self_distances` leaves out (numpy-built, so a traced graph holds it as a constant;
+    read-only)."""
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None]) <= exclude) & (np.abs(xx[:, None] - xx[None]) <= exclude)
+    return torch.from_numpy(near)
+
+
+def lower_median(v: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` -> ``(B,)`` the lower median (``torch.median``'s: the ``(N - 1) // 2``-th smallest value) as the
+    largest of the ``(N + 1) // 2`` smallest (``torch.topk``, ONNX TopK: ONNX has no median operator)."""
+    return v.topk((int(v.shape[1]) + 1) // 2, dim=1, largest=False).values.amax(1)  # int(): a constant K when traced
+
+
+class SelfRefGraph(MemoryGraph):
+    """:meth:`SelfRefScorer.infer` as one static-shape graph: uint8 RGB ``(B, H, W, 3)`` at the model size ->
+    image scores ``(B,)``, patch scores ``(B, rows, cols)`` and the anomaly map ``(B, H, W)`` (the field).
+
+    The lighting normalisation (``config.normalize``, in float32), the trunk and the memory searches are
+    :class:`MemoryGraph`'s (the fine and context memories walked in runs of ``chunk`` rows); the
+    self-reference is :func:`self_distances` with its exclusion mask a constant and TopK for the ``k`` nearest;
+    the per-image medians (of ``s`` and of the scaled memory distance for the gate) are :func:`lower_median`;
+    then ``combine``, the context height for a gated image, the upsampling + blur and ``1 - exp(-d / scale)``
+    as :meth:`SelfRefScorer.blend` and :meth:`SelfRefScorer.infer` compute them. ``half`` runs the trunk in
+    float16, everything else in float32."""
+
+    def __init__(self, scorer: SelfRefScorer, half: bool = False, chunk: int = SEARCH_CHUNK) -> None:
+        super().__init__(scorer, half=half, chunk=chunk)  # type: ignore[arg-type]  (memory, grid, image_size)
+        self.trunk = self.trunk.net  # the LightingTrunk's network: the normalisation runs here, in float32
+        self.selfref = SelfRefConfig(**asdict(scorer.config))  # every combine and normalize exports
+        self.use_context = self.has_context and self.selfref.combine == "gate"  # as SelfRefScorer.parts
+        self.register_buffer("position_scale", scorer.position_scale.detach().float().cpu().clone())
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float32 ``(B, 3, H, W)`` -> the lighting normalisation of :class:`LightingTrunk`."""
+        how = self.selfref.normalize
+        if how == "none":
+            return x
+        if how == "flat":
+            return flat_field(x)
+        return normalize_lighting(x, log_domain=how == "logplane")
+
+    def _self_distances(self, f: torch.Tensor) -> torch.Tensor:
+        """:func:`self_distances` of features ``(B, C, h, w)`` -> ``(B, h, w)``, rows in runs of 1024 positions."""
+        b, c, h, w = f.shape
+        h, w = int(h), int(w)  # while tracing the sizes are traced values; the mask must be the cached constant
+        n, k, ex = h * w, self.selfref.k, self.selfref.exclude
+        kk = min(k, n - min(n, (2 * ex + 1) ** 2))
+        if kk < 1:
+            raise ValueError(f"a {h}x{w} feature map leaves no positions outside exclude={ex}")
+        q = f.flatten(2).transpose(1, 2)  # (B, N, C)
+        sq = q.square().sum(-1)  # (B, N)
+        near = exclusion_mask(h, w, ex)
+        out = []
+        for i in range(0, n, 1024):
+            d2 = (sq[:, None, :] - 2.0 * (q[:, i : i + 1024] @ q.transpose(1, 2))) + sq[:, i : i + 1024, None]
+            d2 = torch.where(near[i : i + 1024], torch.full_like(d2, float("inf")), d2)
+            out.append(d2.topk(kk, dim=-1, largest=False).values.clamp_min(0.0).sqrt().mean(-1))
+        return torch.cat(out, 1).reshape(-1, h, w)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg, size = self.selfref, self.image_size
+        x = self._normalize(images.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+        f, proj = self._features(x, context=self.use_context)
+        s = self._self_distances(f)
+        s = s / lower_median(s.flatten(1)).clamp_min(1e-6)[:, None, None]
+        if tuple(self.position_scale.shape) == tuple(int(v) for v in s.shape[1:]):
+            s = s / self.position_scale
+        m = self._nearest(f, self.bank) / cfg.memory_scale
+        if cfg.combine == "min":
+            comb = torch.minimum(s, m)
+        elif cfg.combine == "gate":  # SelfRefScorer.near: the median scaled memory distance below the gate
+            near = (lower_median(m.flatten(1)) < cfg.gate)[:, None, None]
+            comb = torch.where(near, m, torch.minimum(s, m))
+        elif cfg.combine == "mean":
+            comb = 0.5 * (s + m)
+        else:
+            comb = s if cfg.combine == "self" else m
+        d = self._blurred(comb, size)
+        if proj is not None:
+            ctx = self._blurred(self._nearest(proj, self.context_bank) / cfg.context_scale, size)
+            d = torch.where(near, rescale_to_peak(d, ctx), d)
+        return graph_outputs(1.0 - torch.exp(-d / cfg.scale), self.grid)
+
 
 def fit_selfref(
     train: Sequence[np.ndarray],
@@ -289,28 +461,40 @@ def fit_selfref(
     config: SelfRefConfig | None = None,
     memory_config: MemoryConfig | None = None,
 ) -> tuple[SelfRefScorer, list[float], dict[str, Any]]:
-    """Build the memory from ``train``, set ``memory_scale`` (median held-out memory distance) and ``scale``
+    """Build the memory from ``train`` and up to ``config.lighting_copies`` photometric copies of it
+    (:func:`lighting_copies`), set ``memory_scale`` / ``context_scale`` (median held-out distances) and ``scale``
     (mean held-out image peak) from the held-out images ``hold`` and return the scorer, the held-out image
     scores (for calibration, as ``inspect`` computes them) and a record. The held-out images join the memory
     after their scores are taken (as in ``fit_memory``: more memory only lowers the scores).
 
-    ``memory_config`` defaults to ``MemoryConfig(coreset_fraction=..., context_taps=())``: the context memory
-    is not used by this scorer."""
+    ``memory_config`` defaults to ``MemoryConfig(coreset_fraction=...)`` (with the backbone's context memory)
+    for ``combine="gate"`` and to the same without a context memory otherwise (only "gate" uses it)."""
     cfg = SelfRefConfig(**asdict(config)) if config is not None else SelfRefConfig()
-    mcfg = memory_config or MemoryConfig(coreset_fraction=coreset_fraction, context_taps=())
-    memory = _build_memory(mcfg, cfg).extend(train, image_size, seed=seed, progress=progress)
+    if memory_config is None:
+        ctx = None if cfg.combine == "gate" else ()
+        memory_config = MemoryConfig(coreset_fraction=coreset_fraction, context_taps=ctx)
+    resized = [resize_for_model(im, image_size) for im in train]
+    copies = lighting_copies(resized, cfg.lighting_copies, seed)
+    memory = _build_memory(memory_config, cfg).extend(resized + copies, image_size, seed=seed, progress=progress)
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
     parts = [scorer.parts(x) for x in _batches(hold, image_size, 16)]
-    scorer.position_scale = torch.cat([s for s, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
-    parts = [(s / scorer.position_scale.to(s.device), d) for s, d in parts]
-    d_all = torch.cat([d.flatten() for _, d in parts])
-    med = float(d_all.median())
+    scorer.position_scale = torch.cat([s for s, _, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
+    parts = [(s / scorer.position_scale.to(s.device), d, c) for s, d, c in parts]
+    med = float(torch.cat([d.flatten() for _, d, _ in parts]).median())
     cfg.memory_scale = med if math.isfinite(med) and med > 0 else 1.0
-    peaks = torch.cat([memory._blurred(scorer.combine(s, d), image_size).amax(dim=(1, 2)) for s, d in parts])
+    if parts and parts[0][2] is not None:
+        cmed = float(torch.cat([c.flatten() for _, _, c in parts]).median())
+        cfg.context_scale = cmed if math.isfinite(cmed) and cmed > 0 else 1.0
+    peaks = torch.cat([scorer.blend(s, d, c, image_size).amax(dim=(1, 2)) for s, d, c in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
     scores = (-torch.expm1(-peaks / cfg.scale)).tolist()
     n_before = int(memory.bank.shape[0])
     memory.extend(hold, image_size, seed=seed + 1, progress=progress)
-    record = {"memory_size_at_calibration": n_before, "memory_size": int(memory.bank.shape[0])}
+    record = {
+        "memory_size_at_calibration": n_before,
+        "memory_size": int(memory.bank.shape[0]),
+        "lighting_copies": len(copies),
+        "held_out_near": int(sum(int(scorer.near(d).sum()) for _, d, _ in parts)),
+    }
     return scorer, scores, record
