@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import striped_surface
+from conftest import random_image, striped_surface
 from patchloupe import Detector
 from patchloupe.export import export_detector, graph_path
 from patchloupe.export.onnx_graph import ALLOWED_OPS
@@ -166,7 +166,6 @@ def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normal
     small_selfref_detector, tmp_path, changes: dict
 ) -> None:
     ort = pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
-    from conftest import random_image
     from patchloupe.export.onnx_graph import write_onnx
 
     scorer = _selfref_variant(small_selfref_detector, **changes)
