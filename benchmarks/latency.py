@@ -1,4 +1,5 @@
-"""Side-by-side latency: PatchCore-MobileNetV2 (``patchcore.py``) vs patchloupe's memory scorer vs the default model.
+"""Side-by-side latency: PatchCore-MobileNetV2 (``patchcore.py``) vs patchloupe's default scorer (``selfref``, the
+default of ``Detector.fit``), its memory scorer and the built-in model (``Detector.load()``, the pattern scorer).
 
 All three are fitted on (or, for the default model, shipped for) the same magnetic-tile training images and
 timed in one process, interleaved round by round (the order rotates each round), batch 1, at 256 x 256, at
@@ -52,7 +53,8 @@ def _tiles(data: Path, n_train: int, n_test: int) -> tuple[list[np.ndarray], lis
 
 
 def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
-    """Fit PatchCore and the memory scorer on ``train``; save both (for the subprocesses) and time the fits."""
+    """Fit PatchCore, the default scorer and the memory scorer on ``train``; save them (for the subprocesses) and
+    time the fits."""
     import torch
     from patchcore import PatchCore
     from patchloupe import Detector
@@ -66,6 +68,11 @@ def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
     mem = Detector.fit(train, scorer="memory", image_size=(256, 256), progress=False)
     out["memory_fit_s"] = time.perf_counter() - t
     mem.save(workdir / "memory_model")
+    t = time.perf_counter()
+    sr = Detector.fit(train, image_size=(256, 256), progress=False)
+    out["selfref_fit_s"] = time.perf_counter() - t
+    out["selfref_scorer"] = sr.config.scorer
+    sr.save(workdir / "selfref_model")
     assert pc.bank is not None
     memory = getattr(getattr(mem, "scorer", mem), "memory", None)  # the scorer's feature memory
     bank = getattr(memory, "bank", None)
@@ -73,7 +80,7 @@ def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
     out["memory_bank"] = int(bank.shape[0]) if bank is not None else -1
     ctx = getattr(memory, "context_bank", None)
     out["memory_context_bank"] = int(ctx.shape[0]) if ctx is not None else 0
-    out["models"] = {"patchcore": pc, "memory": mem, "default": Detector.load()}
+    out["models"] = {"patchcore": pc, "selfref": sr, "memory": mem, "default": Detector.load()}
     return out
 
 
@@ -176,7 +183,11 @@ def _python(code: str, *args: str) -> dict[str, Any]:
 def cold_start(memory_dir: Path, threads: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median over ``repeats`` fresh interpreters of import / load / first-inspect seconds, per model."""
     out = {}
-    for name, path in (("default", ""), ("memory", str(memory_dir))):
+    for name, path in (
+        ("default", ""),
+        ("selfref", str(memory_dir.parent / "selfref_model")),
+        ("memory", str(memory_dir)),
+    ):
         runs = [_python(_COLD, path, str(threads)) for _ in range(repeats)]
         out[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return out
@@ -186,7 +197,12 @@ def pixel_cost(workdir: Path, tile: Path, threads: int, rounds: int) -> list[dic
     """Median ``inspect`` ms at each input size in ``SIZES`` (one process per model, sizes round-robin) and the
     peak resident memory while inspecting (one fresh process per model and size)."""
     rows = []
-    models = {"patchcore": str(workdir / "patchcore.pt"), "memory": str(workdir / "memory_model"), "default": ""}
+    models = {
+        "patchcore": str(workdir / "patchcore.pt"),
+        "selfref": str(workdir / "selfref_model"),
+        "memory": str(workdir / "memory_model"),
+        "default": "",
+    }
     common = (str(threads), str(rounds), str(tile), str(HERE))
     for name, path in models.items():
         med = _python(_PIXELS, name, path, json.dumps(SIZES), *common, "time")["median_ms"]
@@ -212,18 +228,18 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Training: {res['n_train']} magnetic tiles; PatchCore bank {f['patchcore_bank']} vectors (fit "
         f"{f['patchcore_fit_s']:.1f} s); memory scorer {f['memory_bank']} + {f['memory_context_bank']} context "
-        f"vectors (fit {f['memory_fit_s']:.1f} s).",
+        f"vectors (fit {f['memory_fit_s']:.1f} s); default scorer {f.get('selfref_scorer', '-')} (fit "
+        f"{f.get('selfref_fit_s', float('nan')):.1f} s).",
         "",
-        "| threads | load | PatchCore ms | memory ms (x PatchCore) | default ms (x PatchCore) |",
-        "|---:|---:|---:|---:|---:|",
+        "| threads | load | PatchCore ms | default scorer ms (x PatchCore) | memory ms (x PatchCore) "
+        "| built-in model ms (x PatchCore) |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for it in res["interleaved"]:
         m = it["median_ms"]
         pc = m["patchcore"]
-        lines.append(
-            f"| {it['threads']} | {it['load']:.1f} | {pc:.1f} | {m['memory']:.1f} ({m['memory'] / pc:.2f}) "
-            f"| {m['default']:.1f} ({m['default'] / pc:.2f}) |"
-        )
+        cells = [f"{m[n]:.1f} ({m[n] / pc:.2f})" if n in m else "-" for n in ("selfref", "memory", "default")]
+        lines.append(f"| {it['threads']} | {it['load']:.1f} | {pc:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "| cold, fresh process | import patchloupe s (with torch) | Detector.load s | first inspect s |"]
     lines += ["|---|---:|---:|---:|"]
     for name, c in res["cold"].items():
@@ -231,9 +247,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     lines += [
         "",
-        "| input (W x H) | MP | PatchCore ms / peak MB (+ over loaded) | memory | default |",
+        "| input (W x H) | MP | PatchCore ms / peak MB (+ over loaded) | default scorer | memory | built-in model |",
     ]
-    lines += ["|---|---:|---:|---:|---:|"]
+    lines += ["|---|---:|---:|---:|---:|---:|"]
     by = {}
     for r in res["pixels"]:
         by.setdefault((r["h"], r["w"]), {})[r["model"]] = r
@@ -244,7 +260,7 @@ def markdown(res: dict[str, Any]) -> str:
         ]
         lines.append(f"| {w} x {h} | {h * w / 1e6:.2f} | " + " | ".join(cells) + " |")
     s = res["slopes_ms_per_mp"]
-    lines.append(f"| slope, ms per MP | | {s['patchcore']:.2f} | {s['memory']:.2f} | {s['default']:.2f} |")
+    lines.append("| slope, ms per MP | | " + " | ".join(f"{s[n]:.2f}" for n in s) + " |")
     return "\n".join(lines)
 
 
