@@ -1,6 +1,6 @@
 """The latency gate: ``Detector.inspect`` at 256 x 256, batch 1, through the public API, each benchmark timed
-interleaved with the reference workload (``reference.py``), for the built-in default model and a small
-memory-scorer model fitted here.
+interleaved with the reference workload (``reference.py``), for the built-in default model and small
+models of the default scorer (``selfref``, the default of ``Detector.fit``) and the memory scorer fitted here.
 
 ``make bench-gate`` runs this file at 1 torch thread and ``bench_compare.py`` checks the ratios against
 ``benchmarks/baselines/``; ``make bench`` runs it at 1 and 2 threads with the other suites.
@@ -43,22 +43,31 @@ def default_detector() -> Detector:
     return Detector.load()
 
 
-@pytest.fixture(scope="module")
-def memory_detector() -> Detector:
-    """A memory-scorer model fitted on 10 generated 256 x 256 metal images (about a second)."""
+def _fitted(scorer: str) -> Detector:
+    """A ``scorer`` model fitted on 10 generated 256 x 256 metal images (a few seconds)."""
     from patchloupe.data import render_texture
-    from patchloupe.models.backbone import BackboneUnavailable
+    from patchloupe.scorers.memory import memory_available
 
+    if not memory_available():  # pragma: no cover - make installs the weights
+        pytest.skip("the feature trunk's weights are not installed")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return Detector.fit(
-            [render_texture("metal", (256, 256), rng=i) for i in range(10)], scorer="memory", progress=False
+            [render_texture("metal", (256, 256), rng=i) for i in range(10)], scorer=scorer, progress=False
         )
-    except BackboneUnavailable as e:  # pragma: no cover - make installs the weights
-        pytest.skip(str(e))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def memory_detector() -> Detector:
+    return _fitted("memory")
+
+
+@pytest.fixture(scope="module")
+def selfref_detector() -> Detector:
+    return _fitted("selfref")
 
 
 def _inspect(det: Detector, img: np.ndarray):  # noqa: ANN202 - the target of a benchmark
@@ -89,4 +98,11 @@ def test_bench_inspect_default(benchmark, threads: int, default_detector: Detect
 def test_bench_inspect_memory(benchmark, threads: int, memory_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     assert memory_detector.config.scorer == "memory"
     r = interleaved(benchmark, _inspect(memory_detector, image))
+    assert r.anomaly_map.shape == (256, 256) and np.isfinite(r.score)
+
+
+@pytest.mark.benchmark(group="gate")
+def test_bench_inspect_selfref(benchmark, threads: int, selfref_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert selfref_detector.config.scorer == "selfref"
+    r = interleaved(benchmark, _inspect(selfref_detector, image))
     assert r.anomaly_map.shape == (256, 256) and np.isfinite(r.score)
