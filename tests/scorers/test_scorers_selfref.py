@@ -250,3 +250,13 @@ def test_self_distances_in_the_export_graph_equal_self_distances(det: Detector) 
     cfg = det.scorer.config
     want = self_distances(f, cfg.k, cfg.exclude)
     torch.testing.assert_close(SelfRefGraph(det.scorer)._self_distances(f), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_lighting_trunk_runs_folded_at_inference(det: Detector) -> None:
+    mem = det.scorer.memory
+    folded = mem._inference_trunk()
+    assert folded is not mem.trunk and isinstance(folded, type(mem.trunk)) and folded.normalize == mem.trunk.normalize
+    x = torch.rand(2, 3, *SIZE)
+    with torch.inference_mode():
+        for a, b in zip(folded(x), mem.trunk(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

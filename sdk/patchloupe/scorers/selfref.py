@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -185,6 +185,15 @@ class LightingTrunk(nn.Module):
         self.normalize = normalize
         self.taps = tuple(net.taps)
         self.channels = tuple(net.channels)
+
+    @property
+    def fused(self) -> Callable[[], LightingTrunk] | None:
+        """Like the inner trunk's ``fused`` (BatchNorm folded into the convolutions, ``FeatureMemory`` runs it at
+        inference): a builder of the same normalisation in front of the folded trunk, or None without one."""
+        inner = getattr(self.net, "fused", None)
+        if inner is None:
+            return None
+        return lambda: LightingTrunk(inner(), self.normalize)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.normalize == "none":
