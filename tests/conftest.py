@@ -222,37 +222,30 @@ def tiny_pattern_detector():  # noqa: ANN201 - a Detector
     return det
 
 
-@pytest.fixture(scope="session")
-def small_memory_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a Detector
-    """A memory detector (EfficientNet-Lite0 trunk, context memory) fitted on 12 surfaces at 64 x 64."""
+def _small_feature_detector(base, scorer: str):  # noqa: ANN001, ANN202 - a Detector
+    """A ``scorer`` ("memory" or "selfref") detector (EfficientNet-Lite0 trunk, context memory) fitted on 12
+    surfaces at 64 x 64 (skips without the trunk's weights)."""
     import torch
     from patchloupe import Detector
     from patchloupe.scorers.memory import memory_available
 
     if not memory_available():
-        pytest.skip("the memory scorer's trunk weights are not installed")
+        pytest.skip(f"the {scorer} scorer's trunk weights are not installed")
     torch.manual_seed(0)
     train = [striped_surface(s) for s in range(12)]
-    return Detector.fit(
-        train, base=tiny_pattern_detector, scorer="memory", image_size=(64, 64), coreset_fraction=0.25, progress=False
-    )
+    return Detector.fit(train, base=base, scorer=scorer, image_size=(64, 64), coreset_fraction=0.25, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_memory_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a Detector
+    """A memory detector fitted on 12 surfaces at 64 x 64."""
+    return _small_feature_detector(tiny_pattern_detector, "memory")
 
 
 @pytest.fixture(scope="session")
 def small_selfref_detector(tiny_pattern_detector):  # noqa: ANN001, ANN201 - a Detector
-    """A self-reference detector (the default scorer: combine="gate", context memory) fitted on 12 surfaces at
-    64 x 64."""
-    import torch
-    from patchloupe import Detector
-    from patchloupe.scorers.memory import memory_available
-
-    if not memory_available():
-        pytest.skip("the self-reference scorer's trunk weights are not installed")
-    torch.manual_seed(0)
-    train = [striped_surface(s) for s in range(12)]
-    return Detector.fit(
-        train, base=tiny_pattern_detector, scorer="selfref", image_size=(64, 64), coreset_fraction=0.25, progress=False
-    )
+    """A self-reference detector (the default scorer: combine="gate") fitted on 12 surfaces at 64 x 64."""
+    return _small_feature_detector(tiny_pattern_detector, "selfref")
 
 
 @pytest.fixture(scope="session")
