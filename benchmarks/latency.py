@@ -180,13 +180,14 @@ def _python(code: str, *args: str) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def cold_start(memory_dir: Path, threads: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median over ``repeats`` fresh interpreters of import / load / first-inspect seconds, per model."""
+def cold_start(workdir: Path, threads: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median over ``repeats`` fresh interpreters of import / load / first-inspect seconds, per model (the fitted
+    ones saved in ``workdir`` by :func:`_fit_all`)."""
     out = {}
     for name, path in (
         ("default", ""),
-        ("selfref", str(memory_dir.parent / "selfref_model")),
-        ("memory", str(memory_dir)),
+        ("selfref", str(workdir / "selfref_model")),
+        ("memory", str(workdir / "memory_model")),
     ):
         runs = [_python(_COLD, path, str(threads)) for _ in range(repeats)]
         out[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("interleaved: %s", res["interleaved"])
         del models
         if "cold" in sections:
-            res["cold"] = cold_start(work / "memory_model", a.pixel_threads, a.cold_repeats)
+            res["cold"] = cold_start(work, a.pixel_threads, a.cold_repeats)
             log.info("cold: %s", res["cold"])
         if "pixels" in sections:
             tile = sorted((data / "test" / "good").glob("*"))[0]

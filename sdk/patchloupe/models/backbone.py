@@ -190,7 +190,7 @@ class _FusedConv(nn.Module):
 
 class FusedLite0Features(nn.Module):
     """:class:`EfficientNetLite0Features` for inference: each conv + BatchNorm folded into one biased conv
-    (float rounding apart, the same outputs; about 20 % faster on one CPU thread: docs/benchmarks.md). A copy of
+    (float rounding apart, the same outputs; faster on CPU: docs/benchmarks.md). A copy of
     the trunk's eval-mode weights at construction: rebuild it after the trunk's weights change."""
 
     def __init__(self, trunk: EfficientNetLite0Features) -> None:

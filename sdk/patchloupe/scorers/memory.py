@@ -235,11 +235,17 @@ class FeatureMemory(nn.Module):
                 raise ValueError(f"context bank must be (M, {k}), got {tuple(bank_.shape)}")
 
     @classmethod
-    def from_state(cls, config: MemoryConfig, state: dict[str, torch.Tensor]) -> FeatureMemory:
-        """A memory from a saved ``state_dict`` (float tensors are cast to float32)."""
+    def from_state(
+        cls, config: MemoryConfig, state: dict[str, torch.Tensor], trunk: nn.Module | None = None
+    ) -> FeatureMemory:
+        """A memory from a saved ``state_dict`` (float tensors are cast to float32; ValueError if one holds NaN or
+        infinite values) around ``trunk`` (default: a fresh ``config.backbone`` trunk, whose weights the state sets)."""
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"memory tensors {bad} hold NaN or infinite values")
         context = {k: v for k, v in state.items() if k.startswith("context_")}
-        mem = cls(config, state["bank"], context=context or None)
+        mem = cls(config, state["bank"], trunk, context=context or None)
         mem.load_state_dict(state)
         return mem
 
@@ -524,8 +530,8 @@ def _version(t: torch.Tensor) -> int:
 
 def build_ivf(bank: torch.Tensor, nprobe: int, seed: int = 0) -> Any:
     """A faiss ``IndexIVFFlat`` (L2) of ``bank`` ``(M, C)``: ``round(4 sqrt(M))`` lists from k-means on the
-    bank (seeded; 5 iterations on at most 32 vectors per list: 1 s for 72k vectors on one core, as good
-    as 10 on 64 by measurement), ``nprobe`` visited per query."""
+    bank (seeded; 5 iterations on at most 32 vectors per list, chosen by measurement: docs/benchmarks.md),
+    ``nprobe`` visited per query."""
     faiss = _faiss()
     x = np.ascontiguousarray(bank.detach().cpu().numpy(), dtype=np.float32)
     m, d = x.shape
@@ -616,9 +622,11 @@ def _batches(images: Sequence[np.ndarray], image_size: tuple[int, int] | None, b
         yield to_batch([resize_for_model(im, image_size) for im in images[i : i + batch_size]])
 
 
-def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """RGB uint8 images ``(H, W, 3)`` of one size -> float ``(B, 3, H, W)`` in [0, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+def to_batch(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """RGB uint8 images ``(H, W, 3)`` of one size, or one ``(B, H, W, 3)`` array -> float ``(B, 3, H, W)`` in
+    [0, 1]."""
+    batch = images if isinstance(images, np.ndarray) else np.stack(images)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -689,11 +697,7 @@ class MemoryScorer(Scorer):
         image_size: tuple[int, int],
         grid: tuple[int, int],
     ) -> MemoryScorer:
-        state = tensors["memory"]
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise ValueError(f"memory tensors {bad} hold NaN or infinite values")
-        return cls(FeatureMemory.from_state(MemoryConfig.from_dict(settings), state), image_size, grid)
+        return cls(FeatureMemory.from_state(MemoryConfig.from_dict(settings), tensors["memory"]), image_size, grid)
 
     def to(self, device: Any) -> MemoryScorer:
         self.memory.to(device)
@@ -707,7 +711,7 @@ class MemoryScorer(Scorer):
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(B, H', W', 3)`` -> patch scores ``(B, rows, cols)`` (the map's maximum per patch) and
         the anomaly map ``(B, H', W')``."""
-        x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_batch(inputs).to(self.device)
         amap = self.memory.anomaly_map(x).float().cpu().numpy()
         return patch_maxima(amap, self.grid), amap
 

@@ -56,6 +56,7 @@ from patchloupe.scorers.memory import (
     _batches,
     graph_outputs,
     rescale_to_peak,
+    to_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -278,16 +279,10 @@ class SelfRefScorer(Scorer):
         image_size: tuple[int, int],
         grid: tuple[int, int],
     ) -> SelfRefScorer:
-        state = {k: v.float() if v.is_floating_point() else v for k, v in tensors["memory"].items()}
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise ValueError(f"memory tensors {bad} hold NaN or infinite values")
         mcfg = MemoryConfig.from_dict(settings["memory"])
         cfg = SelfRefConfig.from_dict(settings["selfref"])
         trunk = LightingTrunk(build_trunk(mcfg.backbone, mcfg.trunk_taps), cfg.normalize)
-        context = {k: v for k, v in state.items() if k.startswith("context_")}
-        memory = FeatureMemory(mcfg, state["bank"], trunk, context=context or None)
-        memory.load_state_dict(state)
+        memory = FeatureMemory.from_state(mcfg, tensors["memory"], trunk)
         ps = tensors["selfref"]["position_scale"]
         if not bool(torch.isfinite(ps).all()):
             raise ValueError("position_scale holds NaN or infinite values")
@@ -354,7 +349,7 @@ class SelfRefScorer(Scorer):
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(B, H', W', 3)`` -> patch scores ``(B, rows, cols)`` (the map's maximum per patch) and
         the anomaly map ``(B, H', W')`` in [0, 1)."""
-        x = torch.from_numpy(inputs).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_batch(inputs).to(self.device)
         amap = (-torch.expm1(-self.raw_map(x) / self.config.scale)).float().cpu().numpy()
         return patch_maxima(amap, self.grid), amap
 
