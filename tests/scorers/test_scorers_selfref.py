@@ -140,6 +140,19 @@ def test_gate_takes_the_context_height_for_images_near_the_memory(det: Detector)
     assert torch.allclose(out[1], sc.blend(s, d, None, SIZE)[1])  # a far image ignores the context memory
 
 
+def test_images_near_the_memory_skip_the_self_reference_and_keep_their_maps(det: Detector) -> None:
+    sc = det.scorer
+    imgs = [_texture(300), _texture(301, "stripes"), _with_defect(_texture(302))]  # near, far, near with a defect
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+    s, d, c = sc.parts(x)
+    s_all, d_all, c_all = sc.parts(x, every=True)
+    near = sc.near(d)
+    assert near.tolist() == [True, False, True]
+    assert torch.isinf(s[near]).all() and torch.equal(s[~near], s_all[~near]) and torch.isfinite(s_all).all()
+    assert torch.equal(d, d_all) and torch.equal(c, c_all)
+    assert torch.allclose(sc.raw_map(x), sc.blend(s_all, d_all, c_all, SIZE))  # the skipped s was never used
+
+
 def test_lighting_copies_are_bounded_seeded_and_changed() -> None:
     imgs = [_texture(s) for s in range(5)]
     a, b = lighting_copies(imgs, 7, seed=3), lighting_copies(imgs, 7, seed=3)

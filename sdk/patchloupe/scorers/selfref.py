@@ -298,19 +298,28 @@ class SelfRefScorer(Scorer):
 
     # ------------------------------------------------------------------------------------------ maps
     @torch.inference_mode()
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def parts(self, x: torch.Tensor, every: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``) ``(B, h, w)`` at the
         feature grid, and the raw context-memory distance ``(B, h', w')`` (None without a context memory);
-        ``s`` is already divided by its per-image median and the position scale, the distances are not scaled."""
+        ``s`` is already divided by its per-image median and the position scale, the distances are not scaled.
+
+        With ``combine="gate"`` an image the memory alone scores (:meth:`near`) does not need ``s``: unless
+        ``every``, its self-reference search is skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
         f, ctx = self.memory._tap_features(x)
-        s = self_distances(f, self.config.k, self.config.exclude)
-        s = s / s.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
-        if self.position_scale.shape == s.shape[1:]:
-            s = s / self.position_scale.to(s.device)
+        d = self.memory.nearest(f)
+        gate = self.config.combine == "gate"
+        todo = torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every or not gate else ~self.near(d)
+        s = torch.full(d.shape, math.inf, dtype=torch.float32, device=f.device)
+        if bool(todo.any()):
+            si = self_distances(f[todo], self.config.k, self.config.exclude)
+            si = si / si.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+            if self.position_scale.shape == si.shape[1:]:
+                si = si / self.position_scale.to(si.device)
+            s[todo] = si.float()
         c = None
-        if ctx is not None and self.config.combine == "gate":
+        if ctx is not None and gate:
             c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
-        return s, self.memory.nearest(f), c
+        return s, d, c
 
     def combine(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
@@ -481,7 +490,7 @@ def fit_selfref(
     copies = lighting_copies(resized, cfg.lighting_copies, seed)
     memory = _build_memory(memory_config, cfg).extend(resized + copies, image_size, seed=seed, progress=progress)
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
-    parts = [scorer.parts(x) for x in _batches(hold, image_size, 16)]
+    parts = [scorer.parts(x, every=True) for x in _batches(hold, image_size, 16)]
     scorer.position_scale = torch.cat([s for s, _, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
     parts = [(s / scorer.position_scale.to(s.device), d, c) for s, d, c in parts]
     med = float(torch.cat([d.flatten() for _, d, _ in parts]).median())
