@@ -15,6 +15,17 @@ def test_threshold_is_above_the_scores_and_rises_with_a_lower_false_alarm_rate()
     assert threshold_from_scores([0.99999], 0.01)[0] <= 1.0
 
 
+def test_with_enough_images_the_fitted_tail_sets_the_threshold_not_a_few_outliers() -> None:
+    rng = np.random.default_rng(1)
+    bulk = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 0.2, 200)))  # logits N(0, 0.2)
+    scores = np.concatenate([bulk, [0.95, 0.96, 0.97]])  # three odd held-out images
+    thr, record = threshold_from_scores(scores, 0.01)
+    assert record["rule"] == "gaussian" and thr < record["empirical_quantile"]
+    assert 0.5 < thr < 0.95 and np.mean(bulk >= thr) <= 0.03  # about 1 % of the bulk flagged, not 0 %
+    few, few_record = threshold_from_scores(scores[:40], 0.01)  # under 1 / far images: at least their maximum
+    assert few_record["rule"] == "max(empirical, gaussian)" and few > scores[:40].max()
+
+
 @pytest.mark.parametrize("bad", [[], [0.2, float("nan")], [1.2], [-0.1], ["x"], [[0.1, 0.2], [0.3]]])
 def test_bad_scores_are_refused(bad: list) -> None:
     with pytest.raises(ValueError):
