@@ -3,7 +3,8 @@
 Sections (each can be run alone):
   families   fit on each generated family's train/good, evaluate on its test split
   shift      texture change: fit on style A, evaluate on style B of the same family, vs. fitting on B
-  default    the built-in default model with no fitting, on generated styles and magnetic tile
+  default    the built-in models (default zero-shot selfref, pattern) with no fitting, on generated styles
+             and magnetic tile
   tile       ../shared/data/magnetic_tile (skipped cleanly when absent): fit on train/good, evaluate
   cost       fit wall time on N images and inspect latency (median, batch 1, 2 threads) per preset
   choice     which scorer Detector.fit(scorer="auto") picks per family and for magnetic tile (no fitting)
@@ -129,8 +130,9 @@ def section_shift(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
 def section_default(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     from patchloupe import Detector
     from patchloupe.data import FAMILIES, generate_dataset
+    from patchloupe.persistence import BUILTIN_MODELS, default_model_dir
 
-    det = Detector.load()
+    models = {name: Detector.load(default_model_dir(name)) for name in BUILTIN_MODELS}
     rows = []
     style = args.unseen_style
     fams = args.families.split(",") if args.families else list(FAMILIES)
@@ -144,10 +146,12 @@ def section_default(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
         seed=args.seed + 100,
         style=style,
     )
-    for fam in fams:
-        rows.append({"data": f"{fam}/style{style}", **_metrics(det.evaluate(_cat(data / "unseen", fam, style)))})
-    if TILE.is_dir():
-        rows.append({"data": "magnetic_tile", **_metrics(det.evaluate(TILE))})
+    for name, det in models.items():
+        for fam in fams:
+            res = det.evaluate(_cat(data / "unseen", fam, style))
+            rows.append({"model": name, "data": f"{fam}/style{style}", **_metrics(res)})
+        if TILE.is_dir():
+            rows.append({"model": name, "data": "magnetic_tile", **_metrics(det.evaluate(TILE))})
     return rows
 
 
@@ -177,11 +181,12 @@ def section_choice(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]
     from patchloupe import Detector
     from patchloupe.data import FAMILIES, generate_dataset
     from patchloupe.fit import choose_scorer, collect_images, split_holdout
+    from patchloupe.persistence import default_model_dir
 
     fams = args.families.split(",") if args.families else list(FAMILIES)
     generate_dataset(data, families=fams, n_train=args.n_train, n_test_good=args.n_test_good,
                      n_test_defect_per_kind=args.n_test_defect, size=256, seed=args.seed, style=0)  # fmt: skip
-    base = Detector.load()
+    base = Detector.load(default_model_dir("pattern"))
     folders = [(fam, _cat(data, fam, 0) / "train" / "good") for fam in fams]
     if TILE.is_dir():
         folders.append(("magnetic_tile", TILE / "train" / "good"))
@@ -219,7 +224,7 @@ def section_cost(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         det.inspect(img)
         times.append((time.perf_counter() - t0) * 1000)
-    default = Detector.load()
+    default = Detector.load()  # the built-in default model
     dtimes = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()

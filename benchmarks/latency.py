@@ -1,5 +1,6 @@
 """Side-by-side latency: PatchCore-MobileNetV2 (``patchcore.py``) vs patchloupe's default scorer (``selfref``, the
-default of ``Detector.fit``), its memory scorer and the built-in model (``Detector.load()``, the pattern scorer).
+default of ``Detector.fit``), its memory scorer and the built-in models (``Detector.load()``, zero-shot self-reference,
+and the pattern model).
 
 All three are fitted on (or, for the default model, shipped for) the same magnetic-tile training images and
 timed in one process, interleaved round by round (the order rotates each round), batch 1, at 256 x 256, at
@@ -80,7 +81,10 @@ def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
     out["memory_bank"] = int(bank.shape[0]) if bank is not None else -1
     ctx = getattr(memory, "context_bank", None)
     out["memory_context_bank"] = int(ctx.shape[0]) if ctx is not None else 0
-    out["models"] = {"patchcore": pc, "selfref": sr, "memory": mem, "default": Detector.load()}
+    from patchloupe.persistence import default_model_dir
+
+    builtin, pattern = Detector.load(), Detector.load(default_model_dir("pattern"))
+    out["models"] = {"patchcore": pc, "selfref": sr, "memory": mem, "builtin": builtin, "pattern": pattern}
     return out
 
 
@@ -185,7 +189,7 @@ def cold_start(workdir: Path, threads: int, repeats: int) -> dict[str, dict[str,
     ones saved in ``workdir`` by :func:`_fit_all`)."""
     out = {}
     for name, path in (
-        ("default", ""),
+        ("builtin", ""),
         ("selfref", str(workdir / "selfref_model")),
         ("memory", str(workdir / "memory_model")),
     ):
@@ -202,7 +206,7 @@ def pixel_cost(workdir: Path, tile: Path, threads: int, rounds: int) -> list[dic
         "patchcore": str(workdir / "patchcore.pt"),
         "selfref": str(workdir / "selfref_model"),
         "memory": str(workdir / "memory_model"),
-        "default": "",
+        "builtin": "",
     }
     common = (str(threads), str(rounds), str(tile), str(HERE))
     for name, path in models.items():
@@ -233,13 +237,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"{f.get('selfref_fit_s', float('nan')):.1f} s).",
         "",
         "| threads | load | PatchCore ms | default scorer ms (x PatchCore) | memory ms (x PatchCore) "
-        "| built-in model ms (x PatchCore) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| built-in model ms (x PatchCore) | built-in pattern model ms (x PatchCore) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for it in res["interleaved"]:
         m = it["median_ms"]
         pc = m["patchcore"]
-        cells = [f"{m[n]:.1f} ({m[n] / pc:.2f})" if n in m else "-" for n in ("selfref", "memory", "default")]
+        names = ("selfref", "memory", "builtin", "pattern")
+        cells = [f"{m[n]:.1f} ({m[n] / pc:.2f})" if n in m else "-" for n in names]
         lines.append(f"| {it['threads']} | {it['load']:.1f} | {pc:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "| cold, fresh process | import patchloupe s (with torch) | Detector.load s | first inspect s |"]
     lines += ["|---|---:|---:|---:|"]

@@ -35,6 +35,15 @@ def test_bench_inspect_256(benchmark, preset: str) -> None:  # type: ignore[no-u
     assert det.flops() > 0 and det.num_params() > 0
 
 
+def test_pattern_model_inspects(benchmark) -> None:  # type: ignore[no-untyped-def]
+    from patchloupe.persistence import default_model_dir
+
+    det = Detector.load(default_model_dir("pattern"))
+    img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    r = benchmark(det.inspect, img)
+    assert r.anomaly_map.shape == (256, 256)
+
+
 def test_default_model_inspects(benchmark) -> None:  # type: ignore[no-untyped-def]
     det = Detector.load()
     img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)

@@ -1,6 +1,7 @@
 """The latency gate: ``Detector.inspect`` at 256 x 256, batch 1, through the public API, each benchmark timed
-interleaved with the reference workload (``reference.py``), for the built-in default model and small
-models of the default scorer (``selfref``, the default of ``Detector.fit``) and the memory scorer fitted here.
+interleaved with the reference workload (``reference.py``), for the built-in models (the default, zero-shot
+self-reference, and the pattern model, the paper's method) and small models of the default scorer of
+``Detector.fit`` (``selfref``) and of the memory scorer fitted here.
 
 ``make bench-gate`` runs this file at 1 torch thread and ``bench_compare.py`` checks the ratios against
 ``benchmarks/baselines/``; ``make bench`` runs it at 1 and 2 threads with the other suites.
@@ -39,7 +40,16 @@ def image() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def default_detector() -> Detector:
+def pattern_detector() -> Detector:
+    """The built-in pattern model (the paper's method)."""
+    from patchloupe.persistence import default_model_dir
+
+    return Detector.load(default_model_dir("pattern"))
+
+
+@pytest.fixture(scope="module")
+def builtin_detector() -> Detector:
+    """The built-in default model (zero-shot self-reference)."""
     return Detector.load()
 
 
@@ -89,8 +99,16 @@ def test_bench_reference(benchmark, threads: int) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.benchmark(group="gate")
-def test_bench_inspect_default(benchmark, threads: int, default_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    r = interleaved(benchmark, _inspect(default_detector, image))
+def test_bench_inspect_pattern(benchmark, threads: int, pattern_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert pattern_detector.config.scorer == "pattern"
+    r = interleaved(benchmark, _inspect(pattern_detector, image))
+    assert r.anomaly_map.shape == (256, 256) and 0.0 <= r.score <= 1.0
+
+
+@pytest.mark.benchmark(group="gate")
+def test_bench_inspect_builtin(benchmark, threads: int, builtin_detector: Detector, image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert builtin_detector.config.scorer == "selfref"
+    r = interleaved(benchmark, _inspect(builtin_detector, image))
     assert r.anomaly_map.shape == (256, 256) and 0.0 <= r.score <= 1.0
 
 

@@ -28,7 +28,7 @@ from patchloupe.model_folder import (
 )
 from safetensors.torch import load_file, save
 
-SHIPPED = Path(__file__).resolve().parents[1] / "sdk" / "patchloupe" / "weights"
+SHIPPED = Path(__file__).resolve().parents[1] / "sdk" / "patchloupe" / "weights" / "pattern"
 
 
 def _states(version: int = 0) -> dict[str, dict[str, torch.Tensor]]:

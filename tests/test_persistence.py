@@ -14,7 +14,7 @@ from patchloupe import Detector
 from patchloupe.model_folder import ModelError
 from patchloupe.models.comparator import ComparatorConfig, PatternComparator
 from patchloupe.models.generator import build_generator
-from patchloupe.persistence import FORMAT_VERSION, _split_meta, read_model
+from patchloupe.persistence import FORMAT_VERSION, _split_meta, default_model_dir, read_model
 from patchloupe.scorers.memory import FeatureMemory, MemoryConfig
 from safetensors.torch import save_file
 
@@ -91,8 +91,17 @@ def test_format2_memory_folder_scores_as_the_previous_release(tmp_path: Path, te
     _check(Detector.load(v3), REFERENCE["memory_v2"], test_images)
 
 
-def test_the_built_in_default_model_scores_as_the_previous_release(test_images: list) -> None:
-    _check(Detector.load(), REFERENCE["default"], test_images)
+def test_the_built_in_pattern_model_scores_as_the_previous_release(test_images: list) -> None:
+    """The previous release's built-in default, shipped since as ``default_model_dir("pattern")``."""
+    _check(Detector.load(default_model_dir("pattern")), REFERENCE["default"], test_images)
+
+
+def test_the_built_in_default_model_is_the_zero_shot_self_reference() -> None:
+    det = Detector.load()
+    assert det.config.scorer == "selfref" and det.scorer.config.combine == "self"
+    assert Detector.load(default_model_dir("selfref")).threshold == det.threshold
+    with pytest.raises(ValueError, match="built-in models"):
+        default_model_dir("memory")
 
 
 def test_read_model_refuses_bad_versions_and_fields(tmp_path: Path) -> None:

@@ -369,7 +369,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("fit", help="train a detector on defect-free images")
     s.add_argument("images", help="folder of defect-free images")
     s.add_argument("-o", "--output", required=True, help="model folder to write")
-    s.add_argument("--base", help="model folder to start from (default: the built-in model)")
+    s.add_argument("--base", help="model folder to start from (default: the built-in pattern model)")
     s.add_argument(
         "--scorer",
         choices=("selfref", "auto", "pattern", "memory"),

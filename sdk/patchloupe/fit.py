@@ -17,7 +17,7 @@ import numpy as np
 
 from patchloupe.calibration import threshold_from_scores
 from patchloupe.config import DetectorConfig
-from patchloupe.persistence import read_model
+from patchloupe.persistence import default_model_dir, read_model
 from patchloupe.preprocess import ImageLike, check_geometry, load_rgb, resize_for_model
 from patchloupe.scorers.base import Scorer
 from patchloupe.windows import InputPolicy, cut, plan_windows
@@ -148,10 +148,13 @@ def _per_image_max(scores: Sequence[float], groups: np.ndarray) -> np.ndarray:
 
 def _base_scorer(base: Any) -> Scorer:
     """The pattern scorer to start from: a model folder, an object holding a ``scorer`` (a Detector), or
-    the built-in default model (None)."""
+    the built-in pattern model (None, ``default_model_dir("pattern")``)."""
     from patchloupe.scorers.pattern import PatternScorer
 
-    scorer = base.scorer if hasattr(base, "scorer") else read_model(base)[1]
+    if hasattr(base, "scorer"):
+        scorer = base.scorer
+    else:
+        scorer = read_model(default_model_dir("pattern") if base is None else base)[1]
     if not isinstance(scorer, PatternScorer):
         raise ValueError(
             f"base must be a pattern-scorer model (its generator and comparator are fine-tuned), got {scorer.name!r}"
@@ -191,7 +194,7 @@ def fit_detector(
     (``patchloupe.scorers.memory``).
 
     ``scorer="pattern"`` (the paper's method) starts from ``base`` (a model folder or a ``Detector``; the
-    built-in default model when None), chooses the patch grid among ``grid_candidates`` by held-out
+    built-in pattern model when None), chooses the patch grid among ``grid_candidates`` by held-out
     prediction error unless ``grid`` is given, fine-tunes the generator (MSE, stage 1) and then the
     comparator (hinge + BCE on synthetic defects, stage 2) on ``1 - holdout`` of the images (0 steps keeps
     that network of ``base`` as it is). Every scorer calibrates the threshold on the held-out rest at

@@ -22,12 +22,21 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 _COMMON = ("image_size", "grid", "threshold", "false_alarm_rate", "scorer", "input_policy", "calibration", "training")
 
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "default_model_dir", "read_model", "write_model"]
+__all__ = ["BUILTIN_MODELS", "FORMAT_VERSION", "READABLE_VERSIONS", "default_model_dir", "read_model", "write_model"]
 
 
-def default_model_dir() -> Path:
-    """The folder of the built-in default model shipped inside the package."""
-    return Path(__file__).resolve().parent / "weights"
+#: The model folders shipped inside the package (``patchloupe/weights/<name>``): ``"selfref"``, the built-in
+#: default (the self-reference scorer, zero-shot: ``patchloupe.train.default_selfref``), and ``"pattern"``, the
+#: paper's pre-trained generator and comparator (``patchloupe.train.default_detector``), which
+#: ``Detector.fit(scorer="pattern")`` fine-tunes.
+BUILTIN_MODELS = ("selfref", "pattern")
+
+
+def default_model_dir(name: str = "selfref") -> Path:
+    """The folder of a built-in model shipped inside the package (default: the built-in default model)."""
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"built-in models are {BUILTIN_MODELS}, got {name!r}")
+    return Path(__file__).resolve().parent / "weights" / name
 
 
 def _split_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -53,7 +53,7 @@ def test_default_generator_is_packaged() -> None:
     from patchloupe.train.pretrain import default_generator_path, load_default_generator
 
     path = default_generator_path()
-    assert path.name == "generator.safetensors" and path.parent.name == "weights"
+    assert path.name == "generator.safetensors" and path.parent.parts[-2:] == ("weights", "pattern")
     if not path.is_file():
         pytest.skip("no packaged default generator in this checkout")
     g, cfg = load_default_generator()

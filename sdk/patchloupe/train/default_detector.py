@@ -1,12 +1,13 @@
-"""Build the built-in default detector from a pre-trained generator.
+"""Build the built-in pattern model (the paper's method) from a pre-trained generator.
 
 Stage 2 on generic generated textures: the comparator learns to tell the frozen generator's
 predictions from real patches carrying synthetic defects (all families and styles, all four
 directions), then the threshold is calibrated on freshly rendered defect-free textures that neither
 stage saw. The result is a regular model folder (``detector.json`` + safetensors), the one shipped in
-``patchloupe/weights/`` and returned by ``Detector.load()``.
+``patchloupe/weights/pattern`` (``default_model_dir("pattern")``): the base that ``Detector.fit(scorer="pattern")``
+fine-tunes. The built-in default model (``Detector.load()``) is ``patchloupe.train.default_selfref``'s.
 
-    python -m patchloupe.train.default_detector --generator runs/pretrain_edge --out sdk/patchloupe/weights
+    python -m patchloupe.train.default_detector --generator runs/pretrain_edge --out sdk/patchloupe/weights/pattern
 """
 
 from __future__ import annotations

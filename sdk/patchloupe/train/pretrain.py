@@ -15,7 +15,7 @@ renderer already randomises (phase, small rotation/scale, lighting, noise):
 Fine-tuning on a user's defect-free images (``Detector.fit``) starts from these weights.
 
 Output: ``<out>/generator.safetensors`` + ``<out>/generator.json`` (see :func:`pretrain`), the same
-pair that ships in ``patchloupe/weights/`` (:func:`default_generator_path`,
+pair that ships in ``patchloupe/weights/pattern/`` (:func:`default_generator_path`,
 :func:`load_default_generator`).
 """
 
@@ -182,12 +182,12 @@ def load_generator(
 
 
 def default_generator_path() -> Path:
-    """Path of the packaged default generator weights, ``patchloupe/weights/generator.safetensors``.
+    """Path of the packaged default generator weights, ``patchloupe/weights/pattern/generator.safetensors``.
 
     Located with :mod:`importlib.resources` (works for regular and editable installs). The file may be
     missing in a source checkout that has not run the pre-training; see :func:`load_default_generator`.
     """
-    resource = importlib.resources.files("patchloupe").joinpath("weights").joinpath(f"{WEIGHTS_NAME}.safetensors")
+    resource = importlib.resources.files("patchloupe").joinpath("weights", "pattern", f"{WEIGHTS_NAME}.safetensors")
     path = Path(str(resource))
     if not path.is_file():  # e.g. a multiplexed editable-install path: look in each location
         import patchloupe
