@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-nonorm": {"normalize": "none"},
     "selfref-min": {"combine": "min"},
     "selfref-nocopies": {"lighting_copies": 0},
+    "selfref-grow": {"copies_grow_memory": True},
     "selfref-mnv2": {"memory": {"backbone": "mobilenet_v2", "context_taps": (6, 13, 16)}},
     "selfref-mnv2-noctx": {"memory": {"backbone": "mobilenet_v2", "context_taps": ()}},
     "selfref-mean": {"combine": "mean"},

@@ -228,6 +228,17 @@ def test_extend_adds_the_new_images_share_and_only_lowers_distances() -> None:
     assert bool((after <= before + 1e-4).all())
 
 
+def test_extend_counted_keeps_the_memory_size_of_the_counted_images() -> None:
+    imgs = [_surface(s) for s in range(4)]
+    grown = FeatureMemory.build(imgs[:2], SIZE, MemoryConfig(coreset_fraction=0.5)).extend(imgs[2:], SIZE)
+    same = FeatureMemory.build(imgs[:2], SIZE, MemoryConfig(coreset_fraction=0.5))
+    n = same.bank.shape[0]
+    same.extend(imgs, SIZE, counted=2)  # 4 images compete for 2 images' share
+    assert same.bank.shape[0] == 2 * n and grown.bank.shape[0] == 2 * n
+    fresh = FeatureMemory(MemoryConfig(coreset_fraction=0.5), None).extend(imgs, SIZE, counted=2)
+    assert fresh.bank.shape[0] == n and fresh.context_bank.shape[0] * 2 == same.context_bank.shape[0]
+
+
 def test_random_sampling_keeps_the_requested_share() -> None:
     imgs = [_surface(s) for s in range(3)]
     mem = FeatureMemory.build(imgs, SIZE, MemoryConfig(coreset_fraction=0.5, sampling="random"))

@@ -18,6 +18,7 @@ from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
     exclusion_mask,
+    fit_selfref,
     flat_field,
     lighting_copies,
     lower_median,
@@ -167,6 +168,20 @@ def test_lighting_copies_join_the_memory(det: Detector) -> None:
     rec = det.config.training
     assert rec["lighting_copies"] == 8  # 4 training images, 2 copies each
     assert rec["held_out_near"] == rec["n_holdout"]  # held-out images of the fitted surface pass the gate
+
+
+def test_copies_can_compete_for_the_training_images_memory_size() -> None:
+    train, hold = [_texture(s) for s in range(4)], [_texture(s) for s in range(4, 6)]
+    size = {}
+    for grow in (True, False):
+        cfg = SelfRefConfig(copies_grow_memory=grow)
+        sc, _, rec = fit_selfref(train, hold, SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False, config=cfg)
+        size[grow] = (rec["memory_size_at_calibration"], rec["lighting_copies"])
+    assert size[True][1] == size[False][1] == 8  # the same 8 copies either way
+    assert size[False][0] < size[True][0]  # 4 + 8 images compete for 4 images' share
+    assert size[False][0] == round(0.1 * 4 * (SIZE[0] // 8) * (SIZE[1] // 8))
+    with pytest.raises(ValueError, match="copies_grow_memory"):
+        SelfRefConfig(copies_grow_memory="no")  # type: ignore[arg-type]
 
 
 def test_configs_saved_before_the_gate_load_as_min() -> None:

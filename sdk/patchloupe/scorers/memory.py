@@ -441,10 +441,14 @@ class FeatureMemory(nn.Module):
         batch_size: int = 16,
         seed: int = 0,
         progress: bool = False,
+        counted: int | None = None,
     ) -> FeatureMemory:
         """Add ``coreset_fraction`` of the feature vectors of more defect-free images to the bank (and of
         their context vectors to the context bank), chosen among those images' vectors by
-        ``config.sampling``; the first call also fits the context PCA. Returns ``self``."""
+        ``config.sampling``; the first call also fits the context PCA. ``counted`` (default: all of them):
+        the number of images whose vectors set how many are kept, so extra images (e.g. photometric copies)
+        compete for the same memory size instead of growing it. Returns ``self``."""
+        share = 1.0 if counted is None else min(1.0, max(1, int(counted)) / max(1, len(images)))
         feats, ctxs = [], []
         bar = _bar(len(images), progress, "features")
         for x in _batches(images, image_size, batch_size):
@@ -459,19 +463,20 @@ class FeatureMemory(nn.Module):
         if bar is not None:
             bar.close()
         allf = torch.cat(feats)
-        self.bank = torch.cat([self.bank, allf[self._choose(allf, seed, progress)].float()]).contiguous()
+        self.bank = torch.cat([self.bank, allf[self._choose(allf, seed, progress, share)].float()]).contiguous()
         if self.has_context:
             allc = torch.cat(ctxs)
             if self.context_mean.numel() == 0:
                 self.context_mean, self.context_proj = _pca(allc, self.context_proj.shape[1], seed)
                 allc = (allc - self.context_mean) @ self.context_proj
-            idx = self._choose(allc, seed + 7, progress)
+            idx = self._choose(allc, seed + 7, progress, share)
             self.context_bank = torch.cat([self.context_bank, allc[idx].float()]).contiguous()
         return self
 
-    def _choose(self, allf: torch.Tensor, seed: int, progress: bool) -> torch.Tensor:
-        """Indices of ``coreset_fraction`` of the rows of ``allf`` ``(N, C)`` by ``config.sampling``."""
-        n = max(1, round(self.config.coreset_fraction * allf.shape[0]))
+    def _choose(self, allf: torch.Tensor, seed: int, progress: bool, share: float = 1.0) -> torch.Tensor:
+        """Indices of ``coreset_fraction`` (times ``share``) of the rows of ``allf`` ``(N, C)`` by
+        ``config.sampling``."""
+        n = max(1, round(self.config.coreset_fraction * share * allf.shape[0]))
         log.info("feature memory: keeping %d of %d vectors", n, allf.shape[0])
         if self.config.sampling == "greedy":
             return greedy_coreset(allf.cpu(), n, seed=seed, progress=progress).to(allf.device)

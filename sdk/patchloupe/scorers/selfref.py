@@ -20,7 +20,9 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    normal images of the fitted surface. At fit time the memory also holds up to ``lighting_copies``
    photometric copies of training images (a random gain 0.6-1.6, gamma 0.7-1.4 or linear illumination
    ramp each), so a lamp that ages or an exposure that drifts stays inside the memory; with a context
-   memory (the memory scorer's, ``context_taps``) its distance divided by its held-out median -> ``c``;
+   memory (the memory scorer's, ``context_taps``) its distance divided by its held-out median -> ``c``. The
+   copies compete with the training images for the memory size the training images alone would get
+   (``copies_grow_memory=False``), so they cost no search time;
 5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate``, i.e. one that resembles
    the fitted surface, is scored by the memory alone, as the memory scorer scores it: the shape of ``m``
    with the height of ``c`` when there is a context memory; any other image, e.g. after a change of
@@ -86,6 +88,7 @@ class SelfRefConfig:
     normalize: str = "flat"
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
     lighting_copies: int = 64  # fit only: at most this many photometric copies of training images join the memory
+    copies_grow_memory: bool = False  # fit only: the copies compete for the training images' memory size (True: add)
     memory_scale: float = 1.0
     context_scale: float = 1.0
     scale: float = 1.0
@@ -99,6 +102,8 @@ class SelfRefConfig:
         if int(self.lighting_copies) < 0:
             raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
         self.lighting_copies = int(self.lighting_copies)
+        if not isinstance(self.copies_grow_memory, bool):
+            raise ValueError(f"copies_grow_memory must be True or False, got {self.copies_grow_memory!r}")
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
@@ -488,7 +493,10 @@ def fit_selfref(
         memory_config = MemoryConfig(coreset_fraction=coreset_fraction, context_taps=ctx)
     resized = [resize_for_model(im, image_size) for im in train]
     copies = lighting_copies(resized, cfg.lighting_copies, seed)
-    memory = _build_memory(memory_config, cfg).extend(resized + copies, image_size, seed=seed, progress=progress)
+    counted = None if cfg.copies_grow_memory else len(resized)
+    memory = _build_memory(memory_config, cfg).extend(
+        resized + copies, image_size, seed=seed, progress=progress, counted=counted
+    )
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
     parts = [scorer.parts(x, every=True) for x in _batches(hold, image_size, 16)]
     scorer.position_scale = torch.cat([s for s, _, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
