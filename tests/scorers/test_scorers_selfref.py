@@ -17,6 +17,7 @@ from patchloupe.scorers.pattern import PatternScorer
 from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
+    border_normalize,
     exclusion_mask,
     fit_selfref,
     flat_field,
@@ -254,6 +255,22 @@ def test_save_load_round_trip(det: Detector, tmp_path) -> None:
     imgs = [_texture(7), _with_defect(_texture(8))]
     np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
     np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)
+
+
+def test_border_normalize_divides_an_elevated_band_by_its_own_median() -> None:
+    s = torch.ones(2, 8, 10)
+    s[0, -1, :] = 3.0  # image 0: its bottom row matches less of the image (a texture with a long period)
+    s[0, -1, 4] = 9.0  # and one defect in that row
+    s[1, 0, :] = 0.5  # image 1: a top row below the image median is left as it is
+    out = border_normalize(s, 1)
+    assert torch.allclose(out[0, -1, 1:-1].clone().index_fill_(0, torch.tensor([3]), 1.0), torch.ones(8))
+    assert out[0, -1, 4] == pytest.approx(3.0) and torch.equal(out[1], s[1]) and torch.equal(out[0, :-1], s[0, :-1])
+    assert torch.equal(border_normalize(s, 0), s) and torch.equal(
+        border_normalize(torch.ones(1, 2, 2) * 3, 1), torch.ones(1, 2, 2) * 3
+    )
+    with pytest.raises(ValueError, match="border"):
+        SelfRefConfig(border=-1)
+    assert SelfRefConfig.from_dict({"k": 8}).border == 0 and SelfRefConfig().border == 1  # old models: unchanged
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64, 65])

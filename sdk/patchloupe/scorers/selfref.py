@@ -12,9 +12,11 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
 3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
    distance to its ``k`` nearest positions of the *same* image, positions within ``exclude`` cells
-   (Chebyshev) left out, divided by the image's median of that distance and by ``position_scale``, the
-   median of that ratio per position over held-out defect-free images (border and corner positions find
-   fewer matches in their own image) -> ``s`` ``(B, h, w)``, ~1 on normal texture;
+   (Chebyshev) left out, divided by the image's median of that distance, each outer band of ``border``
+   cells by its own median when that is above 1 (:func:`border_normalize`: border positions find fewer
+   matches in their own image, by an amount that depends on the texture's period) and by
+   ``position_scale``, the median of that ratio per position over held-out defect-free images -> ``s``
+   ``(B, h, w)``, ~1 on normal texture;
 4. memory distance: each position's distance to its nearest training memory vector, divided by the
    median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
    normal images of the fitted surface. At fit time the memory also holds up to ``lighting_copies``
@@ -70,6 +72,7 @@ __all__ = [
     "SelfRefConfig",
     "SelfRefGraph",
     "SelfRefScorer",
+    "border_normalize",
     "fit_selfref",
     "flat_field",
     "lighting_copies",
@@ -84,6 +87,7 @@ class SelfRefConfig:
 
     k: int = 8
     exclude: int = 2
+    border: int = 1  # outer bands of this many cells each divided by their own per-image median (when above 1)
     combine: str = "gate"
     normalize: str = "flat"
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
@@ -98,7 +102,9 @@ class SelfRefConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if int(self.exclude) < 0:
             raise ValueError(f"exclude must be >= 0, got {self.exclude}")
-        self.k, self.exclude = int(self.k), int(self.exclude)
+        if int(self.border) < 0:
+            raise ValueError(f"border must be >= 0, got {self.border}")
+        self.k, self.exclude, self.border = int(self.k), int(self.exclude), int(self.border)
         if int(self.lighting_copies) < 0:
             raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
         self.lighting_copies = int(self.lighting_copies)
@@ -117,8 +123,8 @@ class SelfRefConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
         """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
-        ``"gate"`` became it) and a missing ``lighting_copies`` is 0, so older models keep their scores."""
-        d = {"combine": "min", "lighting_copies": 0, **d}
+        ``"gate"`` became it), a missing ``lighting_copies`` and ``border`` are 0, so older models keep their scores."""
+        d = {"combine": "min", "lighting_copies": 0, "border": 0, **d}
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -318,6 +324,7 @@ class SelfRefScorer(Scorer):
         if bool(todo.any()):
             si = self_distances(f[todo], self.config.k, self.config.exclude)
             si = si / si.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+            si = border_normalize(si, self.config.border)
             if self.position_scale.shape == si.shape[1:]:
                 si = si / self.position_scale.to(si.device)
             s[todo] = si.float()
@@ -396,6 +403,34 @@ def lower_median(v: torch.Tensor) -> torch.Tensor:
     return v.topk((int(v.shape[1]) + 1) // 2, dim=1, largest=False).values.amax(1)  # int(): a constant K when traced
 
 
+@functools.lru_cache(maxsize=16)
+def border_bands(h: int, w: int, width: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The top, bottom, left and right bands of ``width`` cells of an ``h x w`` grid, each as (bool mask
+    ``(h, w)``, flat indices of its cells ``(n,)``) (numpy-built, so a traced graph holds them as constants;
+    read-only)."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    bands = (rows < width, rows >= h - width, cols < width, cols >= w - width)
+    return tuple((torch.from_numpy(b), torch.from_numpy(np.flatnonzero(b))) for b in bands)
+
+
+def border_normalize(s: torch.Tensor, width: int) -> torch.Tensor:
+    """Self-reference ``(B, h, w)`` (already divided by its image median) -> the same with each outer band of
+    ``width`` cells divided by that band's per-image lower median when it is above 1: a border cell finds fewer
+    matches in its own image, by how much depends on the texture's period, so each image's own borders set it
+    (``width`` 0: unchanged). Bands are measured on the input, so a corner gets the factors of both its bands."""
+    if width <= 0:
+        return s
+    h, w = int(s.shape[1]), int(s.shape[2])
+    if 2 * width >= min(h, w):
+        return s
+    flat = s.flatten(1)
+    out = s
+    for mask, idx in border_bands(h, w, width):
+        f = lower_median(flat.index_select(1, idx)).clamp_min(1.0)  # (B,)
+        out = out / torch.where(mask, f[:, None, None], torch.ones_like(f)[:, None, None])
+    return out
+
+
 class SelfRefGraph(MemoryGraph):
     """:meth:`SelfRefScorer.infer` as one static-shape graph: uint8 RGB ``(B, H, W, 3)`` at the model size ->
     image scores ``(B,)``, patch scores ``(B, rows, cols)`` and the anomaly map ``(B, H, W)`` (the field).
@@ -448,6 +483,7 @@ class SelfRefGraph(MemoryGraph):
         f, proj = self._features(x, context=self.use_context)
         s = self._self_distances(f)
         s = s / lower_median(s.flatten(1)).clamp_min(1e-6)[:, None, None]
+        s = border_normalize(s, cfg.border)
         if tuple(self.position_scale.shape) == tuple(int(v) for v in s.shape[1:]):
             s = s / self.position_scale
         m = self._nearest(f, self.bank) / cfg.memory_scale
