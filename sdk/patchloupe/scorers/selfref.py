@@ -426,8 +426,8 @@ def border_normalize(s: torch.Tensor, width: int) -> torch.Tensor:
     flat = s.flatten(1)
     out = s
     for mask, idx in border_bands(h, w, width):
-        f = lower_median(flat.index_select(1, idx)).clamp_min(1.0)  # (B,)
-        out = out / torch.where(mask, f[:, None, None], torch.ones_like(f)[:, None, None])
+        f = lower_median(flat.index_select(1, idx.to(s.device))).clamp_min(1.0)  # (B,)
+        out = out / torch.where(mask.to(s.device), f[:, None, None], torch.ones_like(f)[:, None, None])
     return out
 
 
