@@ -17,7 +17,7 @@ def test_run_demo_fits_the_default_scorer_and_writes_the_summary(tmp_path: Path)
         pytest.skip("the default scorer's trunk weights are not installed")
     summary = run_demo(out_dir=tmp_path / "out", data_dir=tmp_path / "data", families=("metal",))
     models = [r["model"] for r in summary["families"]]
-    assert models == ["fitted (selfref)", "built-in (pattern)"]
+    assert models == ["fitted (selfref)", "built-in (selfref)"]  # the built-in default is the zero-shot selfref
     for row in summary["families"]:
         assert row["n_images"] == 16 and 0.0 <= row["image_auroc"] <= 1.0
     fitted = summary["families"][0]
