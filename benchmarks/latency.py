@@ -43,6 +43,8 @@ log = logging.getLogger("latency")
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _tiles(data: Path, n_train: int, n_test: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first ``n_train`` training tiles (as read) and ``n_test`` test tiles spread over the test set, resized
+    to 256 x 256 (INTER_AREA, the size every model here inspects them at)."""
     from patchloupe.data import MVTecCategory, read_image
 
     cat = MVTecCategory(data)
@@ -50,7 +52,7 @@ def _tiles(data: Path, n_train: int, n_test: int) -> tuple[list[np.ndarray], lis
     items = cat.test_items()
     step = max(1, len(items) // n_test)
     test = [read_image(it.path) for it in items[::step][:n_test]]
-    return train, test
+    return train, [np.ascontiguousarray(cv2.resize(im, (256, 256), interpolation=cv2.INTER_AREA)) for im in test]
 
 
 def _fit_all(train: list[np.ndarray], workdir: Path) -> dict[str, Any]:
@@ -229,44 +231,48 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ report
 def markdown(res: dict[str, Any]) -> str:
-    f = res["fit"]
-    lines = [
-        f"Training: {res['n_train']} magnetic tiles; PatchCore bank {f['patchcore_bank']} vectors (fit "
-        f"{f['patchcore_fit_s']:.1f} s); memory scorer {f['memory_bank']} + {f['memory_context_bank']} context "
-        f"vectors (fit {f['memory_fit_s']:.1f} s); default scorer {f.get('selfref_scorer', '-')} (fit "
-        f"{f.get('selfref_fit_s', float('nan')):.1f} s).",
-        "",
-        "| threads | load | PatchCore ms | default scorer ms (x PatchCore) | memory ms (x PatchCore) "
-        "| built-in model ms (x PatchCore) | built-in pattern model ms (x PatchCore) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for it in res["interleaved"]:
-        m = it["median_ms"]
-        pc = m["patchcore"]
-        names = ("selfref", "memory", "builtin", "pattern")
-        cells = [f"{m[n]:.1f} ({m[n] / pc:.2f})" if n in m else "-" for n in names]
-        lines.append(f"| {it['threads']} | {it['load']:.1f} | {pc:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "| cold, fresh process | import patchloupe s (with torch) | Detector.load s | first inspect s |"]
-    lines += ["|---|---:|---:|---:|"]
-    for name, c in res["cold"].items():
-        cells = (c["import_s"], c["load_s"], c["first_inspect_s"])
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
-    lines += [
-        "",
-        "| input (W x H) | MP | PatchCore ms / peak MB (+ over loaded) | default scorer | memory | built-in model |",
-    ]
-    lines += ["|---|---:|---:|---:|---:|---:|"]
-    by = {}
-    for r in res["pixels"]:
-        by.setdefault((r["h"], r["w"]), {})[r["model"]] = r
-    for (h, w), d in by.items():
-        cells = [
-            f"{d[n]['median_ms']:.1f} / {d[n]['peak_rss_mb']:.0f} (+{d[n]['peak_rss_mb'] - d[n]['rss_before_mb']:.0f})"
-            for n in d
+    """The tables of the sections ``res`` holds (a run of some ``--sections`` with no earlier ``--out`` has only
+    those)."""
+    lines = []
+    f = res.get("fit")
+    if f:
+        lines += [
+            f"Training: {res['n_train']} magnetic tiles; PatchCore bank {f['patchcore_bank']} vectors (fit "
+            f"{f['patchcore_fit_s']:.1f} s); memory scorer {f['memory_bank']} + {f['memory_context_bank']} context "
+            f"vectors (fit {f['memory_fit_s']:.1f} s); default scorer {f.get('selfref_scorer', '-')} (fit "
+            f"{f.get('selfref_fit_s', float('nan')):.1f} s).",
         ]
-        lines.append(f"| {w} x {h} | {h * w / 1e6:.2f} | " + " | ".join(cells) + " |")
-    s = res["slopes_ms_per_mp"]
-    lines.append("| slope, ms per MP | | " + " | ".join(f"{s[n]:.2f}" for n in s) + " |")
+    if res.get("interleaved"):
+        lines += [
+            "",
+            "| threads | load | PatchCore ms | default scorer ms (x PatchCore) | memory ms (x PatchCore) "
+            "| built-in model ms (x PatchCore) | built-in pattern model ms (x PatchCore) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for it in res["interleaved"]:
+            m = it["median_ms"]
+            pc = m["patchcore"]
+            names = ("selfref", "memory", "builtin", "pattern")
+            cells = [f"{m[n]:.1f} ({m[n] / pc:.2f})" if n in m else "-" for n in names]
+            lines.append(f"| {it['threads']} | {it['load']:.1f} | {pc:.1f} | " + " | ".join(cells) + " |")
+    if res.get("cold"):
+        lines += ["", "| cold, fresh process | import patchloupe s (with torch) | Detector.load s | first inspect s |"]
+        lines += ["|---|---:|---:|---:|"]
+        for name, c in res["cold"].items():
+            cells = (c["import_s"], c["load_s"], c["first_inspect_s"])
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    if res.get("pixels"):
+        head = "| input (W x H) | MP | PatchCore ms / peak MB (+ over loaded) | default scorer | memory | built-in |"
+        lines += ["", head, "|---|---:|---:|---:|---:|---:|"]
+        by: dict[tuple[int, int], dict[str, Any]] = {}
+        for r in res["pixels"]:
+            by.setdefault((r["h"], r["w"]), {})[r["model"]] = r
+        for (h, w), d in by.items():
+            cells = [f"{r['median_ms']:.1f} / {r['peak_rss_mb']:.0f} (+{r['peak_rss_mb'] - r['rss_before_mb']:.0f})"
+                     for r in d.values()]  # fmt: skip
+            lines.append(f"| {w} x {h} | {h * w / 1e6:.2f} | " + " | ".join(cells) + " |")
+        s = res["slopes_ms_per_mp"]
+        lines.append("| slope, ms per MP | | " + " | ".join(f"{s[n]:.2f}" for n in s) + " |")
     return "\n".join(lines)
 
 
@@ -293,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    train, test = _tiles(data, a.n_train, a.n_test)
-    test256 = [np.ascontiguousarray(cv2.resize(im, (256, 256), interpolation=cv2.INTER_AREA)) for im in test]
+    train, test256 = _tiles(data, a.n_train, a.n_test)
     out = Path(a.out)
     res: dict[str, Any] = (
         json.loads(out.read_text()) if out.is_file() and sections != {"interleaved", "cold", "pixels"} else {}

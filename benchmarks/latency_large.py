@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -58,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, MemoryScorer
 
     torch.set_num_threads(1)
-    train, test = _tiles(data, a.n_train, a.n_test)
-    test256 = [np.ascontiguousarray(cv2.resize(im, (256, 256), interpolation=cv2.INTER_AREA)) for im in test]
+    train, test256 = _tiles(data, a.n_train, a.n_test)
     res: dict = {"n_train": len(train), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     res["load_at_start"] = os.getloadavg()[0]
 

