@@ -171,9 +171,11 @@ def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normal
     scorer = _selfref_variant(small_selfref_detector, **changes)
     write_onnx(scorer, tmp_path / "v.onnx", batch="dynamic", simplify=False)
     sess = ort.InferenceSession(str(tmp_path / "v.onnx"), providers=["CPUExecutionProvider"])
-    # surfaces like the training ones, with and without a hole, noise and a rotated surface: both sides of the gate
+    # surfaces like the training ones, with and without a hole, noise, a rotated surface and one a gain clips: both
+    # sides of the gate
+    bright = np.clip(striped_surface(4).astype(np.float32) * 1.7, 0, 255).astype(np.uint8)
     x = np.stack([striped_surface(s + 50, hole=s % 2 == 1) for s in range(3)] + [random_image(1, (64, 64, 3))]
-                 + [np.rot90(striped_surface(3)).copy()])  # fmt: skip
+                 + [np.rot90(striped_surface(3)).copy(), bright])  # fmt: skip
     image, patch, amap = sess.run(None, {"images": x})
     want_patch, want_map = scorer.infer(x)
     assert np.abs(amap - want_map).max() <= 1e-5
@@ -182,5 +184,6 @@ def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normal
     if not changes:  # the fitted scorer (combine="gate"): the gate is exercised both ways
         import torch
 
-        _, d, _ = scorer.parts(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
-        assert set(scorer.near(d).tolist()) == {True, False}
+        p = scorer.parts(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
+        assert set(scorer.near(p.d, p.clipped).tolist()) == {True, False}
+        assert scorer.near(p.d)[-1] and not scorer.near(p.d, p.clipped)[-1]  # the clipped image: off by its clipping

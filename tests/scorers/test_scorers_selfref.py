@@ -18,6 +18,7 @@ from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
     border_normalize,
+    clipped_fraction,
     exclusion_mask,
     fit_selfref,
     flat_field,
@@ -146,13 +147,40 @@ def test_images_near_the_memory_skip_the_self_reference_and_keep_their_maps(det:
     sc = det.scorer
     imgs = [_texture(300), _texture(301, "stripes"), _with_defect(_texture(302))]  # near, far, near with a defect
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-    s, d, c = sc.parts(x)
-    s_all, d_all, c_all = sc.parts(x, every=True)
-    near = sc.near(d)
+    s, d, c, clipped = sc.parts(x)
+    s_all, d_all, c_all, _ = sc.parts(x, every=True)
+    near = sc.near(d, clipped)
     assert near.tolist() == [True, False, True]
     assert torch.isinf(s[near]).all() and torch.equal(s[~near], s_all[~near]) and torch.isfinite(s_all).all()
     assert torch.equal(d, d_all) and torch.equal(c, c_all)
-    assert torch.allclose(sc.raw_map(x), sc.blend(s_all, d_all, c_all, SIZE))  # the skipped s was never used
+    assert torch.allclose(sc.raw_map(x), sc.blend(s_all, d_all, c_all, SIZE, clipped))  # the skipped s: unused
+
+
+def test_clipped_fraction_counts_pixels_at_either_end_of_the_range() -> None:
+    img = np.full((10, 10, 3), 128, np.uint8)
+    img[0, :, 0] = 255  # one channel clipped high on 10 pixels
+    img[1, :5] = 1  # 5 pixels clipped low
+    img[2, :5] = 2  # 2 and 253 are inside the range
+    img[3, :5] = 253
+    x = torch.from_numpy(np.stack([img, np.full_like(img, 255)])).permute(0, 3, 1, 2).float() / 255.0
+    assert clipped_fraction(x).tolist() == pytest.approx([0.15, 1.0])
+
+
+def test_clip_limit_is_fitted_and_clipped_images_leave_the_memory_branch(det: Detector) -> None:
+    sc = det.scorer
+    assert det.config.training["clip_limit"] == sc.config.clip_limit
+    assert sc.config.clip_limit == pytest.approx(sc.config.clip_margin)  # the synthetic textures never clip
+    good = _texture(303)
+    bright = np.clip(good.astype(np.float32) * 1.8, 0, 255).astype(np.uint8)  # a gain that clips the light squares
+    x = torch.from_numpy(np.stack([good, bright])).permute(0, 3, 1, 2).float() / 255.0
+    p = sc.parts(x)
+    assert p.clipped[0] <= sc.config.clip_limit < p.clipped[1]
+    assert sc.near(p.d).tolist()[0] and sc.near(p.d, p.clipped).tolist() == [True, False]
+    assert torch.isinf(p.s[0]).all() and torch.isfinite(p.s[1]).all()  # the clipped image is self-referenced
+    mixed = sc.combine(p.s, p.d, p.clipped)
+    assert torch.equal(mixed[1], torch.minimum(p.s[1], p.d[1] / sc.config.memory_scale))
+    off = SelfRefScorer(sc.memory, replace(sc.config, clip_limit=1.0), SIZE, sc.grid, sc.position_scale)
+    assert off.near(p.d, p.clipped).tolist()[1]  # clip_limit 1 (models saved before it): the median alone
 
 
 def test_lighting_copies_are_bounded_seeded_and_changed() -> None:
@@ -190,6 +218,10 @@ def test_configs_saved_before_the_gate_load_as_min() -> None:
     cfg = SelfRefConfig.from_dict(old)
     assert cfg.combine == "min" and cfg.lighting_copies == 0 and cfg.context_scale == 1.0
     assert SelfRefConfig.from_dict({**old, "combine": "gate"}).combine == "gate"
+    assert cfg.clip_limit == 1.0 and SelfRefConfig().clip_margin == 0.01  # old models: the gate ignores clipping
+    for bad in ({"clip_limit": 1.5}, {"clip_margin": -0.1}):
+        with pytest.raises(ValueError, match="clip_"):
+            SelfRefConfig(**bad)
     with pytest.raises(ValueError, match="lighting_copies"):
         SelfRefConfig(lighting_copies=-1)
 

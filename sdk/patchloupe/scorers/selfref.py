@@ -25,10 +25,12 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    memory (the memory scorer's, ``context_taps``) its distance divided by its held-out median -> ``c``. The
    copies compete with the training images for the memory size the training images alone would get
    (``copies_grow_memory=False``), so they cost no search time;
-5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate``, i.e. one that resembles
-   the fitted surface, is scored by the memory alone, as the memory scorer scores it: the shape of ``m``
-   with the height of ``c`` when there is a context memory; any other image, e.g. after a change of
-   texture, by ``min(s, m)``: normal when either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
+5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate`` and whose share of clipped
+   pixels (:func:`clipped_fraction`) is at most ``clip_limit`` (the largest share among the fit's defect-free
+   images plus ``clip_margin``), i.e. one that resembles the fitted surface, is scored by the memory alone, as
+   the memory scorer scores it: the shape of ``m`` with the height of ``c`` when there is a context memory; any
+   other image, e.g. after a change of texture or a gain that clips part of it, by ``min(s, m)``: normal when
+   either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
    ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
@@ -43,7 +45,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -72,13 +74,24 @@ __all__ = [
     "SelfRefConfig",
     "SelfRefGraph",
     "SelfRefScorer",
+    "SelfRefParts",
     "border_normalize",
+    "clipped_fraction",
     "fit_selfref",
     "flat_field",
     "lighting_copies",
     "normalize_lighting",
     "self_distances",
 ]
+
+
+class SelfRefParts(NamedTuple):
+    """What :meth:`SelfRefScorer.parts` returns for a batch of ``B`` images."""
+
+    s: torch.Tensor  # (B, h, w) self-reference, scaled (+inf where the search was skipped)
+    d: torch.Tensor  # (B, h, w) raw distance to the fine memory
+    c: torch.Tensor | None  # (B, h', w') raw distance to the context memory, None without one
+    clipped: torch.Tensor  # (B,) share of clipped pixels (clipped_fraction)
 
 
 @dataclass
@@ -91,6 +104,8 @@ class SelfRefConfig:
     combine: str = "gate"
     normalize: str = "flat"
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
+    clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
+    clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)
     lighting_copies: int = 64  # fit only: at most this many photometric copies of training images join the memory
     copies_grow_memory: bool = False  # fit only: the copies compete for the training images' memory size (True: add)
     memory_scale: float = 1.0
@@ -114,6 +129,11 @@ class SelfRefConfig:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
             raise ValueError(f"normalize must be one of {NORMALIZES}, got {self.normalize!r}")
+        for name in ("clip_margin", "clip_limit"):
+            v = float(getattr(self, name))
+            if not (0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+            setattr(self, name, v)
         for name in ("gate", "memory_scale", "context_scale", "scale"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0.0):
@@ -123,8 +143,9 @@ class SelfRefConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
         """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
-        ``"gate"`` became it), a missing ``lighting_copies`` and ``border`` are 0, so older models keep their scores."""
-        d = {"combine": "min", "lighting_copies": 0, "border": 0, **d}
+        ``"gate"`` became it), a missing ``lighting_copies`` and ``border`` are 0 and a missing ``clip_limit`` 1, so
+        older models keep their scores."""
+        d = {"combine": "min", "lighting_copies": 0, "border": 0, "clip_limit": 1.0, **d}
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -185,6 +206,15 @@ def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
     plane = plane + u * ((g * u).sum(dim=(2, 3), keepdim=True) / (u.square().sum() * h))
     plane = plane + v * ((g * v).sum(dim=(2, 3), keepdim=True) / (v.square().sum() * w))
     return (x.float() * (level / plane.clamp_min(0.02))).clamp_(0.0, 1.0)
+
+
+def clipped_fraction(x: torch.Tensor) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> ``(B,)`` the share of pixels with a channel at either end of
+    the range (<= 1 or >= 254 of 255): clipped pixels carry no texture, and a gain or an illumination gradient
+    that clips part of the image moves its features off the memory however the image is normalised."""
+    lo, hi = 1.5 / 255.0, 253.5 / 255.0
+    out = torch.maximum(lo - x, x - hi).amax(dim=1) > 0.0  # written with the operators every exported graph has
+    return out.flatten(1).float().mean(dim=1)
 
 
 class LightingTrunk(nn.Module):
@@ -309,17 +339,21 @@ class SelfRefScorer(Scorer):
 
     # ------------------------------------------------------------------------------------------ maps
     @torch.inference_mode()
-    def parts(self, x: torch.Tensor, every: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def parts(self, x: torch.Tensor, every: bool = False) -> SelfRefParts:
         """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``) ``(B, h, w)`` at the
-        feature grid, and the raw context-memory distance ``(B, h', w')`` (None without a context memory);
-        ``s`` is already divided by its per-image median and the position scale, the distances are not scaled.
+        feature grid, the raw context-memory distance ``(B, h', w')`` (None without a context memory) and the
+        clipped share of each image ``(B,)``; ``s`` is already divided by its per-image median and the position
+        scale, the distances are not scaled.
 
         With ``combine="gate"`` an image the memory alone scores (:meth:`near`) does not need ``s``: unless
         ``every``, its self-reference search is skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
+        clipped = clipped_fraction(x)
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
         gate = self.config.combine == "gate"
-        todo = torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every or not gate else ~self.near(d)
+        todo = (
+            torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every or not gate else ~self.near(d, clipped)
+        )
         s = torch.full(d.shape, math.inf, dtype=torch.float32, device=f.device)
         if bool(todo.any()):
             si = self_distances(f[todo], self.config.k, self.config.exclude)
@@ -331,40 +365,51 @@ class SelfRefScorer(Scorer):
         c = None
         if ctx is not None and gate:
             c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
-        return s, d, c
+        return SelfRefParts(s, d, c, clipped.to(d.device))
 
-    def combine(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def combine(self, s: torch.Tensor, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
         """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
-        (``"gate"``: before the context memory sets the height of the memory-scored images, see :meth:`blend`)."""
+        (``"gate"``: before the context memory sets the height of the memory-scored images, see :meth:`blend`;
+        ``clipped`` ``(B,)`` as in :meth:`near`)."""
         m = d / self.config.memory_scale
         how = self.config.combine
         if how == "min":
             return torch.minimum(s, m)
         if how == "gate":  # the image resembles the fitted surface: the memory alone; else either reference
-            return torch.where(self.near(d)[:, None, None], m, torch.minimum(s, m))
+            return torch.where(self.near(d, clipped)[:, None, None], m, torch.minimum(s, m))
         if how == "mean":
             return 0.5 * (s + m)
         return s if how == "self" else m
 
-    def near(self, d: torch.Tensor) -> torch.Tensor:
-        """Raw memory distances ``(B, h, w)`` -> bool ``(B,)``: the image resembles the fitted surface (its median
-        scaled memory distance is below ``gate``)."""
-        return (d / self.config.memory_scale).flatten(1).median(dim=1).values < self.config.gate
+    def near(self, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw memory distances ``(B, h, w)`` and the clipped share of each image ``(B,)`` (None: not known, taken
+        as 0) -> bool ``(B,)``: the image resembles the fitted surface (its median scaled memory distance is below
+        ``gate`` and it has no more clipped pixels than ``clip_limit``)."""
+        near = (d / self.config.memory_scale).flatten(1).median(dim=1).values < self.config.gate
+        return near if clipped is None else near & (clipped.to(near.device) <= self.config.clip_limit)
 
-    def blend(self, s: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+    def blend(
+        self,
+        s: torch.Tensor,
+        d: torch.Tensor,
+        c: torch.Tensor | None,
+        size: tuple[int, int],
+        clipped: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The parts -> the combined map upsampled to ``size`` and blurred ``(B, H, W)`` (unnormalised). With a
         context memory, a memory-scored image keeps its map's shape and takes the height of ``c / context_scale``
         (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images)."""
-        out = self.memory._blurred(self.combine(s, d), size)
+        out = self.memory._blurred(self.combine(s, d, clipped), size)
         if c is None:
             return out
         ctx = rescale_to_peak(out, self.memory._blurred(c / self.config.context_scale, size))
-        return torch.where(self.near(d)[:, None, None], ctx, out)
+        return torch.where(self.near(d, clipped)[:, None, None], ctx, out)
 
     @torch.inference_mode()
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
         """RGB float ``(B, 3, H, W)`` -> combined map upsampled and blurred ``(B, H, W)`` (unnormalised)."""
-        return self.blend(*self.parts(x), x.shape[-2:])
+        s, d, c, clipped = self.parts(x)
+        return self.blend(s, d, c, x.shape[-2:], clipped)
 
     @torch.inference_mode()
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +524,9 @@ class SelfRefGraph(MemoryGraph):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, size = self.selfref, self.image_size
-        x = self._normalize(images.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        clipped = clipped_fraction(x) if cfg.combine == "gate" else None
+        x = self._normalize(x)
         f, proj = self._features(x, context=self.use_context)
         s = self._self_distances(f)
         s = s / lower_median(s.flatten(1)).clamp_min(1e-6)[:, None, None]
@@ -489,8 +536,9 @@ class SelfRefGraph(MemoryGraph):
         m = self._nearest(f, self.bank) / cfg.memory_scale
         if cfg.combine == "min":
             comb = torch.minimum(s, m)
-        elif cfg.combine == "gate":  # SelfRefScorer.near: the median scaled memory distance below the gate
-            near = (lower_median(m.flatten(1)) < cfg.gate)[:, None, None]
+        elif cfg.combine == "gate":  # SelfRefScorer.near: median scaled memory distance below the gate, few clipped
+            near = (lower_median(m.flatten(1)) < cfg.gate).float() * (1.0 - (clipped > cfg.clip_limit).float())
+            near = (near > 0.5)[:, None, None]  # "and" in float: the exported graph has no And on every runtime
             comb = torch.where(near, m, torch.minimum(s, m))
         elif cfg.combine == "mean":
             comb = 0.5 * (s + m)
@@ -528,6 +576,12 @@ def fit_selfref(
         ctx = None if cfg.combine == "gate" else ()
         memory_config = MemoryConfig(coreset_fraction=coreset_fraction, context_taps=ctx)
     resized = [resize_for_model(im, image_size) for im in train]
+    if cfg.combine == "gate":
+        shares = [
+            float(clipped_fraction(to_batch([im]))[0])
+            for im in [*resized, *(resize_for_model(h, image_size) for h in hold)]
+        ]
+        cfg.clip_limit = min(1.0, max(shares, default=0.0) + cfg.clip_margin)
     copies = lighting_copies(resized, cfg.lighting_copies, seed)
     counted = None if cfg.copies_grow_memory else len(resized)
     memory = _build_memory(memory_config, cfg).extend(
@@ -535,14 +589,14 @@ def fit_selfref(
     )
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
     parts = [scorer.parts(x, every=True) for x in _batches(hold, image_size, 16)]
-    scorer.position_scale = torch.cat([s for s, _, _ in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
-    parts = [(s / scorer.position_scale.to(s.device), d, c) for s, d, c in parts]
-    med = float(torch.cat([d.flatten() for _, d, _ in parts]).median())
+    scorer.position_scale = torch.cat([p.s for p in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
+    parts = [p._replace(s=p.s / scorer.position_scale.to(p.s.device)) for p in parts]
+    med = float(torch.cat([p.d.flatten() for p in parts]).median())
     cfg.memory_scale = med if math.isfinite(med) and med > 0 else 1.0
-    if parts and parts[0][2] is not None:
-        cmed = float(torch.cat([c.flatten() for _, _, c in parts]).median())
+    if parts and parts[0].c is not None:
+        cmed = float(torch.cat([p.c.flatten() for p in parts]).median())
         cfg.context_scale = cmed if math.isfinite(cmed) and cmed > 0 else 1.0
-    peaks = torch.cat([scorer.blend(s, d, c, image_size).amax(dim=(1, 2)) for s, d, c in parts])
+    peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped).amax(dim=(1, 2)) for p in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
     scores = (-torch.expm1(-peaks / cfg.scale)).tolist()
@@ -552,6 +606,7 @@ def fit_selfref(
         "memory_size_at_calibration": n_before,
         "memory_size": int(memory.bank.shape[0]),
         "lighting_copies": len(copies),
-        "held_out_near": int(sum(int(scorer.near(d).sum()) for _, d, _ in parts)),
+        "held_out_near": int(sum(int(scorer.near(p.d, p.clipped).sum()) for p in parts)),
+        "clip_limit": cfg.clip_limit,
     }
     return scorer, scores, record
