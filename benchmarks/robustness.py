@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref": {},
     "selfref-logplane": {"normalize": "logplane"},
     "selfref-nonorm": {"normalize": "none"},
+    "selfref-level45": {"fit_level": False},
     "selfref-min": {"combine": "min"},
     "selfref-nocopies": {"lighting_copies": 0},
     "selfref-grow": {"copies_grow_memory": True},

@@ -4,8 +4,10 @@ the training memory; a defect matches neither.
 Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B, 3, H, W)``:
 
 1. lighting normalisation, ``normalize``: ``"flat"`` (default, :func:`flat_field`) divides the image by the
-   least-squares plane of its luminance (removes a global gain and a linear illumination gradient, keeps
-   colour and contrast); ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
+   least-squares plane of its luminance and multiplies it by ``level``, the median brightness of the training
+   images (``fit_level``; 0.45 before it and for the built-in model): a global gain and a linear illumination
+   gradient are removed, colour and contrast kept, and the fitted surface reaches the trunk at about its own
+   brightness; ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
    (the per-channel plane of the log intensity, divided by its std) but measured worse under a texture
    change; ``"plane"`` is that in the linear domain; ``"none"`` feeds the image as it is;
 2. the memory scorer's features (``patchloupe.scorers.memory.FeatureMemory``: EfficientNet-Lite0 stride
@@ -103,6 +105,8 @@ class SelfRefConfig:
     border: int = 1  # outer bands of this many cells each divided by their own per-image median (when above 1)
     combine: str = "gate"
     normalize: str = "flat"
+    level: float = 0.45  # normalize="flat": the mean brightness (in [0, 1]) every image is brought to
+    fit_level: bool = True  # fit only: level = the median brightness of the training images
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
     clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
     clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)
@@ -123,8 +127,12 @@ class SelfRefConfig:
         if int(self.lighting_copies) < 0:
             raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
         self.lighting_copies = int(self.lighting_copies)
-        if not isinstance(self.copies_grow_memory, bool):
-            raise ValueError(f"copies_grow_memory must be True or False, got {self.copies_grow_memory!r}")
+        for name in ("copies_grow_memory", "fit_level"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (0.0 < float(self.level) <= 1.0):
+            raise ValueError(f"level must be in (0, 1], got {self.level}")
+        self.level = float(self.level)
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
@@ -221,10 +229,11 @@ class LightingTrunk(nn.Module):
     """A feature trunk behind :func:`normalize_lighting` (or nothing, ``normalize="none"``); keeps the
     trunk's ``taps`` and ``channels`` so ``FeatureMemory`` takes it as its own."""
 
-    def __init__(self, net: nn.Module, normalize: str) -> None:
+    def __init__(self, net: nn.Module, normalize: str, level: float = 0.45) -> None:
         super().__init__()
         self.net = net
         self.normalize = normalize
+        self.level = float(level)
         self.taps = tuple(net.taps)
         self.channels = tuple(net.channels)
 
@@ -235,13 +244,13 @@ class LightingTrunk(nn.Module):
         inner = getattr(self.net, "fused", None)
         if inner is None:
             return None
-        return lambda: LightingTrunk(inner(), self.normalize)
+        return lambda: LightingTrunk(inner(), self.normalize, self.level)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.normalize == "none":
             return self.net(x)
         if self.normalize == "flat":
-            return self.net(flat_field(x))
+            return self.net(flat_field(x, self.level))
         return self.net(normalize_lighting(x, log_domain=self.normalize == "logplane"))
 
 
@@ -270,7 +279,7 @@ def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> 
 
 
 def _build_memory(mcfg: MemoryConfig, cfg: SelfRefConfig, weights: str | None = None) -> FeatureMemory:
-    trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), cfg.normalize)
+    trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), cfg.normalize, cfg.level)
     return FeatureMemory(mcfg, None, trunk)
 
 
@@ -322,7 +331,7 @@ class SelfRefScorer(Scorer):
     ) -> SelfRefScorer:
         mcfg = MemoryConfig.from_dict(settings["memory"])
         cfg = SelfRefConfig.from_dict(settings["selfref"])
-        trunk = LightingTrunk(build_trunk(mcfg.backbone, mcfg.trunk_taps), cfg.normalize)
+        trunk = LightingTrunk(build_trunk(mcfg.backbone, mcfg.trunk_taps), cfg.normalize, cfg.level)
         memory = FeatureMemory.from_state(mcfg, tensors["memory"], trunk)
         ps = tensors["selfref"]["position_scale"]
         if not bool(torch.isfinite(ps).all()):
@@ -501,7 +510,7 @@ class SelfRefGraph(MemoryGraph):
         if how == "none":
             return x
         if how == "flat":
-            return flat_field(x)
+            return flat_field(x, self.selfref.level)
         return normalize_lighting(x, log_domain=how == "logplane")
 
     def _self_distances(self, f: torch.Tensor) -> torch.Tensor:
@@ -582,6 +591,8 @@ def fit_selfref(
             for im in [*resized, *(resize_for_model(h, image_size) for h in hold)]
         ]
         cfg.clip_limit = min(1.0, max(shares, default=0.0) + cfg.clip_margin)
+    if cfg.fit_level and resized:  # the fitted surface keeps its own brightness (and contrast) on average
+        cfg.level = min(0.95, max(0.05, float(np.median([im.mean() for im in resized])) / 255.0))
     copies = lighting_copies(resized, cfg.lighting_copies, seed)
     counted = None if cfg.copies_grow_memory else len(resized)
     memory = _build_memory(memory_config, cfg).extend(
