@@ -4,10 +4,9 @@ the training memory; a defect matches neither.
 Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B, 3, H, W)``:
 
 1. lighting normalisation, ``normalize``: ``"flat"`` (default, :func:`flat_field`) divides the image by the
-   least-squares plane of its luminance and multiplies it by ``level``, the median brightness of the training
-   images (``fit_level``; 0.45 before it and for the built-in model): a global gain and a linear illumination
-   gradient are removed, colour and contrast kept, and the fitted surface reaches the trunk at about its own
-   brightness; ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
+   least-squares plane of its luminance and multiplies it by ``level`` (0.45; with ``fit_level`` the training
+   images' median brightness, measured and not the default: docs/benchmarks.md, section 10): a global gain and a
+   linear illumination gradient are removed, colour and contrast kept; ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
    (the per-channel plane of the log intensity, divided by its std) but measured worse under a texture
    change; ``"plane"`` is that in the linear domain; ``"none"`` feeds the image as it is;
 2. the memory scorer's features (``patchloupe.scorers.memory.FeatureMemory``: EfficientNet-Lite0 stride
@@ -106,7 +105,7 @@ class SelfRefConfig:
     combine: str = "gate"
     normalize: str = "flat"
     level: float = 0.45  # normalize="flat": the mean brightness (in [0, 1]) every image is brought to
-    fit_level: bool = True  # fit only: level = the median brightness of the training images
+    fit_level: bool = False  # fit only: level = the median brightness of the training images
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
     clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
     clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)

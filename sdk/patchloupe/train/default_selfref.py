@@ -59,7 +59,7 @@ def build_default_selfref(
     if images is None:
         images = pretrain_images(n_images_per_family_style, image_size, seed=seed)
     train, hold = split_holdout(list(images), 0.2, seed)
-    cfg = SelfRefConfig(combine="self", lighting_copies=0, fit_level=False)
+    cfg = SelfRefConfig(combine="self", lighting_copies=0)
     scorer, hold_scores, record = fit_selfref(
         train, hold, image_size, MEMORY_GRID, coreset_fraction=coreset_fraction, seed=seed, progress=progress,
         config=cfg,
