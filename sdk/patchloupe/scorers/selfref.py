@@ -6,9 +6,10 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
 1. lighting normalisation, ``normalize``: ``"flat"`` (default, :func:`flat_field`) divides the image by the
    least-squares plane of its luminance and multiplies it by ``level`` (0.45; with ``fit_level`` the training
    images' median brightness, measured and not the default: docs/benchmarks.md, section 10): a global gain and a
-   linear illumination gradient are removed, colour and contrast kept; ``"logplane"`` (:func:`normalize_lighting`) also removes a colour cast and a gamma
-   (the per-channel plane of the log intensity, divided by its std) but measured worse under a texture
-   change; ``"plane"`` is that in the linear domain; ``"none"`` feeds the image as it is;
+   linear illumination gradient are removed, colour and contrast kept; ``"logplane"``
+   (:func:`normalize_lighting`) also removes a colour cast and a gamma (the per-channel plane of the log
+   intensity, divided by its std) but measured worse under a texture change; ``"plane"`` is that in the linear
+   domain; ``"none"`` feeds the image as it is;
 2. the memory scorer's features (``patchloupe.scorers.memory.FeatureMemory``: EfficientNet-Lite0 stride
    8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
 3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
