@@ -158,9 +158,10 @@ def _selfref_variant(det: Detector, **changes: str):  # noqa: ANN202 - a SelfRef
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"combine": "min"}, {"combine": "mean"}, {"combine": "self"}, {"combine": "memory"},
+    [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"combine": "min"}, {"combine": "mean"}, {"combine": "self"},
+     {"combine": "memory"},
      {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"}],
-    ids=lambda c: "-".join(c.values()) or "default",
+    ids=lambda c: "-".join(map(str, c.values())) or "default",
 )  # fmt: skip
 def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normalize(
     small_selfref_detector, tmp_path, changes: dict

@@ -170,6 +170,37 @@ def test_level_is_fixed_or_the_training_images_median_brightness(det: Detector) 
             SelfRefConfig(**bad)
 
 
+def test_self_height_joins_the_context_height_of_memory_scored_images(det: Detector) -> None:
+    sc = det.scorer
+    assert sc.config.self_gain == 0.0  # two held-out images: too few for the probe defects to decide
+    on = SelfRefScorer(sc.memory, replace(sc.config, self_gain=2.0, self_offset=0.1), SIZE, sc.grid, sc.position_scale)
+    imgs = [_texture(300), _with_defect(_texture(302))]  # both near the memory
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+    p_off, p_on = sc.parts(x), on.parts(x)
+    assert torch.isinf(p_off.s).all() and torch.isfinite(p_on.s).all()  # with self_gain, s is always searched
+    assert on.near(p_on.d, p_on.clipped).all()
+    h_off, h_on = sc.height_map(p_on.s, p_on.c, SIZE), on.height_map(p_on.s, p_on.c, SIZE)
+    want = torch.maximum(h_off, 2.0 * sc.memory._blurred(p_on.s, SIZE) + 0.1)
+    assert torch.allclose(h_on, want) and bool((h_on >= h_off).all())
+    peaks_on = on.blend(*p_on[:3], SIZE, p_on.clipped).amax(dim=(1, 2))
+    assert torch.allclose(peaks_on, h_on.amax(dim=(1, 2)))  # the image takes the larger height
+    with pytest.raises(ValueError, match="self_gain"):
+        SelfRefConfig(self_gain=-1.0)
+
+
+def test_probe_defects_decide_the_self_height_at_fit() -> None:
+    train, hold = [_texture(s) for s in range(6)], [_texture(s) for s in range(40, 48)]
+    sc, scores, rec = fit_selfref(train, hold, SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False)
+    assert {"probe_auroc_context", "probe_auroc_with_self", "self_height"} <= set(rec)
+    assert rec["self_height"] == (sc.config.self_gain > 0.0)
+    assert rec["self_height"] == (rec["probe_auroc_with_self"] >= rec["probe_auroc_context"] + 0.05)
+    off, _, rec_off = fit_selfref(
+        train, hold, SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False,
+        config=SelfRefConfig(select_height=False),
+    )  # fmt: skip
+    assert off.config.self_gain == 0.0 and "self_height" not in rec_off
+
+
 def test_clipped_fraction_counts_pixels_at_either_end_of_the_range() -> None:
     img = np.full((10, 10, 3), 128, np.uint8)
     img[0, :, 0] = 255  # one channel clipped high on 10 pixels

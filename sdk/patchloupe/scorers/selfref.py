@@ -110,6 +110,9 @@ class SelfRefConfig:
     gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
     clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
     clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)
+    select_height: bool = True  # fit only: let probe defects decide whether the self-reference joins the height
+    self_gain: float = 0.0  # combine="gate": a memory-scored image's height also counts gain * s + offset (0: off)
+    self_offset: float = 0.0
     lighting_copies: int = 64  # fit only: at most this many photometric copies of training images join the memory
     copies_grow_memory: bool = False  # fit only: the copies compete for the training images' memory size (True: add)
     memory_scale: float = 1.0
@@ -127,12 +130,17 @@ class SelfRefConfig:
         if int(self.lighting_copies) < 0:
             raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
         self.lighting_copies = int(self.lighting_copies)
-        for name in ("copies_grow_memory", "fit_level"):
+        for name in ("copies_grow_memory", "fit_level", "select_height"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not (0.0 < float(self.level) <= 1.0):
             raise ValueError(f"level must be in (0, 1], got {self.level}")
         self.level = float(self.level)
+        if not (math.isfinite(float(self.self_gain)) and float(self.self_gain) >= 0.0):
+            raise ValueError(f"self_gain must be >= 0, got {self.self_gain}")
+        if not math.isfinite(float(self.self_offset)):
+            raise ValueError(f"self_offset must be finite, got {self.self_offset}")
+        self.self_gain, self.self_offset = float(self.self_gain), float(self.self_offset)
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
@@ -360,9 +368,8 @@ class SelfRefScorer(Scorer):
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
         gate = self.config.combine == "gate"
-        todo = (
-            torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every or not gate else ~self.near(d, clipped)
-        )
+        every = every or not gate or self.config.self_gain > 0.0  # the self-reference sets heights too
+        todo = torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every else ~self.near(d, clipped)
         s = torch.full(d.shape, math.inf, dtype=torch.float32, device=f.device)
         if bool(todo.any()):
             si = self_distances(f[todo], self.config.k, self.config.exclude)
@@ -407,12 +414,24 @@ class SelfRefScorer(Scorer):
     ) -> torch.Tensor:
         """The parts -> the combined map upsampled to ``size`` and blurred ``(B, H, W)`` (unnormalised). With a
         context memory, a memory-scored image keeps its map's shape and takes the height of ``c / context_scale``
-        (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images)."""
+        (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images), or with ``self_gain``
+        the larger of that and the self-reference's height in the same units (:meth:`height_map`)."""
         out = self.memory._blurred(self.combine(s, d, clipped), size)
         if c is None:
             return out
-        ctx = rescale_to_peak(out, self.memory._blurred(c / self.config.context_scale, size))
+        ctx = rescale_to_peak(out, self.height_map(s, c, size))
         return torch.where(self.near(d, clipped)[:, None, None], ctx, out)
+
+    def height_map(self, s: torch.Tensor, c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``s`` ``(B, h, w)`` and the raw context distance ``c`` ``(B, h', w')`` -> the map ``(B, H, W)`` whose
+        maximum is a memory-scored image's height: ``c / context_scale`` blurred, and with ``self_gain`` > 0 its
+        maximum with ``self_gain * blur(s) + self_offset`` (the self-reference in the context memory's units: the
+        affine map that matches the two heights' mean and spread over the held-out images, see ``fit_selfref``)."""
+        cfg = self.config
+        ctx = self.memory._blurred(c / cfg.context_scale, size)
+        if cfg.self_gain <= 0.0:
+            return ctx
+        return torch.maximum(ctx, cfg.self_gain * self.memory._blurred(s, size) + cfg.self_offset)
 
     @torch.inference_mode()
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -556,6 +575,8 @@ class SelfRefGraph(MemoryGraph):
         d = self._blurred(comb, size)
         if proj is not None:
             ctx = self._blurred(self._nearest(proj, self.context_bank) / cfg.context_scale, size)
+            if cfg.self_gain > 0.0:  # SelfRefScorer.height_map
+                ctx = torch.maximum(ctx, cfg.self_gain * self._blurred(s, size) + cfg.self_offset)
             d = torch.where(near, rescale_to_peak(d, ctx), d)
         return graph_outputs(1.0 - torch.exp(-d / cfg.scale), self.grid)
 
@@ -607,6 +628,7 @@ def fit_selfref(
     if parts and parts[0].c is not None:
         cmed = float(torch.cat([p.c.flatten() for p in parts]).median())
         cfg.context_scale = cmed if math.isfinite(cmed) and cmed > 0 else 1.0
+    height = _select_height(scorer, parts, hold, image_size, seed) if cfg.select_height else {}
     peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped).amax(dim=(1, 2)) for p in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
@@ -619,5 +641,53 @@ def fit_selfref(
         "lighting_copies": len(copies),
         "held_out_near": int(sum(int(scorer.near(p.d, p.clipped).sum()) for p in parts)),
         "clip_limit": cfg.clip_limit,
+        **height,
     }
     return scorer, scores, record
+
+
+#: probe-defected copies of the held-out images ``_select_height`` scores (at least this many, cycling the images)
+PROBES_MIN = 48
+#: the self-reference joins the image height only when it separates the probes at least this much better (AUROC)
+PROBE_MARGIN = 0.05
+
+
+def _select_height(
+    scorer: SelfRefScorer, parts: list[SelfRefParts], hold: Sequence[np.ndarray], size: tuple[int, int], seed: int
+) -> dict[str, Any]:
+    """Decide whether a memory-scored image's height also counts the self-reference (``self_gain``), from probe
+    defects (``patchloupe.scorers.probes``) drawn on the held-out images: the two heights are put in common units
+    by matching their mean and spread over the held-out images (``s``'s height ``a * peak + b``), and ``s`` joins
+    when the larger of the two separates the probes from the held-out images by ``PROBE_MARGIN`` more AUROC than
+    the context height alone. Needs a context memory and 4 held-out images; sets ``scorer.config`` in place and
+    returns the record's entries. A surface that repeats within its images (textiles, motifs) gains from it; on
+    one that does not (cast tiles) the self-reference is noisy and the context height stays alone."""
+    from patchloupe.metrics import image_auroc
+    from patchloupe.scorers.probes import probe_defects
+
+    cfg = scorer.config
+    if cfg.combine != "gate" or not parts or parts[0].c is None or len(hold) < 4:
+        return {}
+
+    def heights(ps: Sequence[SelfRefParts]) -> tuple[torch.Tensor, torch.Tensor]:
+        blur = scorer.memory._blurred
+        c = torch.cat([blur(p.c / cfg.context_scale, size).amax(dim=(1, 2)) for p in ps])
+        s = torch.cat([blur(p.s, size).amax(dim=(1, 2)) for p in ps])
+        return c, s
+
+    hc, hs = heights(parts)
+    gain = float(hc.std() / hs.std().clamp_min(1e-6))
+    offset = float(hc.mean() - gain * hs.mean())
+    resized = [resize_for_model(im, size) for im in hold]
+    probes = probe_defects(resized, max(PROBES_MIN, len(resized)), seed)
+    pc, ps = heights([scorer.parts(x, every=True) for x in _batches(probes, size, 16)])
+    y = np.r_[np.zeros(len(hc)), np.ones(len(pc))]
+    alone = image_auroc(y, torch.cat([hc, pc]).numpy())
+    both = image_auroc(
+        y, torch.cat([torch.maximum(hc, gain * hs + offset), torch.maximum(pc, gain * ps + offset)]).numpy()
+    )
+    use = math.isfinite(gain) and gain > 0.0 and both >= alone + PROBE_MARGIN
+    cfg.self_gain, cfg.self_offset = (gain, offset) if use else (0.0, 0.0)
+    log.info("probe defects: context height AUROC %.3f, with the self-reference %.3f -> %s", alone, both,
+             "both" if use else "context alone")  # fmt: skip
+    return {"probe_auroc_context": round(alone, 4), "probe_auroc_with_self": round(both, 4), "self_height": use}
