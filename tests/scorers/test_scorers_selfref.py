@@ -199,6 +199,8 @@ def test_probe_defects_decide_the_self_height_at_fit() -> None:
         config=SelfRefConfig(select_height=False),
     )  # fmt: skip
     assert off.config.self_gain == 0.0 and "self_height" not in rec_off
+    few, _, rec_few = fit_selfref(train, hold[:7], SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False)
+    assert few.config.self_gain == 0.0 and "self_height" not in rec_few  # 7 held-out images: too few to choose
 
 
 def test_clipped_fraction_counts_pixels_at_either_end_of_the_range() -> None:

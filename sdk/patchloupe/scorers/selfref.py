@@ -650,6 +650,8 @@ def fit_selfref(
 PROBES_MIN = 48
 #: the self-reference joins the image height only when it separates the probes at least this much better (AUROC)
 PROBE_MARGIN = 0.05
+#: fewest held-out images for the choice: with 4 (a 20-image fit) the matched spreads were too noisy (benchmarks.md)
+PROBE_MIN_HOLD = 8
 
 
 def _select_height(
@@ -659,14 +661,15 @@ def _select_height(
     defects (``patchloupe.scorers.probes``) drawn on the held-out images: the two heights are put in common units
     by matching their mean and spread over the held-out images (``s``'s height ``a * peak + b``), and ``s`` joins
     when the larger of the two separates the probes from the held-out images by ``PROBE_MARGIN`` more AUROC than
-    the context height alone. Needs a context memory and 4 held-out images; sets ``scorer.config`` in place and
-    returns the record's entries. A surface that repeats within its images (textiles, motifs) gains from it; on
-    one that does not (cast tiles) the self-reference is noisy and the context height stays alone."""
+    the context height alone. Needs a context memory and ``PROBE_MIN_HOLD`` held-out images; sets
+    ``scorer.config`` in place and returns the record's entries. A surface that repeats within its images
+    (textiles, motifs) gains from it; on one that does not (cast tiles) the self-reference is noisy and the
+    context height stays alone."""
     from patchloupe.metrics import image_auroc
     from patchloupe.scorers.probes import probe_defects
 
     cfg = scorer.config
-    if cfg.combine != "gate" or not parts or parts[0].c is None or len(hold) < 4:
+    if cfg.combine != "gate" or not parts or parts[0].c is None or len(hold) < PROBE_MIN_HOLD:
         return {}
 
     def heights(ps: Sequence[SelfRefParts]) -> tuple[torch.Tensor, torch.Tensor]:
