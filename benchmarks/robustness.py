@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small subsets (see the defaults it sets below)")
     p.add_argument("--medium", action="store_true",
                    help="all families at 40 train / 20 good + 4 per defect kind (one misranked pair = 0.25 points); "
-                        "the tile section as --quick")  # fmt: skip
+                        "the tile section and the pattern scorer's steps as --quick")  # fmt: skip
     p.add_argument("--sections", default="generated,tile,heldout")
     p.add_argument("--scorers", default="selfref,selfref-min,memory,pattern,patchcore")
     p.add_argument("--families", default=None, help="default: all (quick: cloth,mesh,metal)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_batch_one_graph_has_a_static_input_and_runs_batches_image_by_image(smal
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def _selfref_variant(det: Detector, **changes: str):  # noqa: ANN202 - a SelfRefScorer
+def _selfref_variant(det: Detector, **changes: Any):  # noqa: ANN202 - a SelfRefScorer
     """The fitted self-reference scorer of ``det`` with other ``combine`` / ``normalize`` settings (same memory)."""
     import copy
     from dataclasses import replace
@@ -153,13 +154,14 @@ def _selfref_variant(det: Detector, **changes: str):  # noqa: ANN202 - a SelfRef
     sc = det.scorer
     memory = copy.deepcopy(sc.memory)
     memory.trunk.normalize = changes.get("normalize", sc.config.normalize)
+    memory.trunk.level = changes.get("level", sc.config.level)
     return SelfRefScorer(memory, replace(sc.config, **changes), sc.image_size, sc.grid, sc.position_scale)
 
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"combine": "min"}, {"combine": "mean"}, {"combine": "self"},
-     {"combine": "memory"},
+    [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"level": 0.6}, {"combine": "min"}, {"combine": "mean"},
+     {"combine": "self"}, {"combine": "memory"},
      {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"}],
     ids=lambda c: "-".join(map(str, c.values())) or "default",
 )  # fmt: skip

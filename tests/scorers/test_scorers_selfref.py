@@ -188,6 +188,33 @@ def test_self_height_joins_the_context_height_of_memory_scored_images(det: Detec
         SelfRefConfig(self_gain=-1.0)
 
 
+def test_no_self_height_without_a_spread_to_match(det: Detector) -> None:
+    from patchloupe.scorers.selfref import SelfRefParts, _select_height
+
+    sc = det.scorer
+    flat = SelfRefParts(torch.ones(8, 16, 16), torch.ones(8, 16, 16), torch.ones(8, 8, 8), torch.zeros(8))
+    hold = [_texture(s) for s in range(60, 68)]
+    assert _select_height(sc, [flat], hold, SIZE, seed=0) == {"self_height": False}
+    assert _select_height(sc, [flat], hold[:7], SIZE, seed=0) == {}  # too few held-out images to decide
+
+
+def test_fitted_settings_survive_save_and_load(det: Detector) -> None:
+    import copy
+
+    sc = det.scorer
+    cfg = replace(sc.config, level=0.6, self_gain=1.5, self_offset=0.2, clip_limit=0.3)
+    memory = copy.deepcopy(sc.memory)
+    memory.trunk.level = 0.6
+    on = SelfRefScorer(memory, cfg, SIZE, sc.grid, sc.position_scale)
+    back = SelfRefScorer.from_saved(on.settings(), on.tensors(), SIZE, sc.grid)
+    assert back.config == cfg and back.memory.trunk.level == 0.6
+    x = np.stack([_texture(300), _with_defect(_texture(302))])
+    assert np.allclose(back.infer(x)[1], on.infer(x)[1], atol=1e-6)
+    assert not np.allclose(on.infer(x)[1], sc.infer(x)[1], atol=1e-3)  # the settings change the maps
+    with pytest.raises(ValueError, match="level"):  # the trunk and the config must agree (the export reads the config)
+        SelfRefScorer(sc.memory, cfg, SIZE, sc.grid, sc.position_scale)
+
+
 def test_probe_defects_decide_the_self_height_at_fit() -> None:
     train, hold = [_texture(s) for s in range(6)], [_texture(s) for s in range(40, 48)]
     sc, scores, rec = fit_selfref(train, hold, SIZE, (4, 4), coreset_fraction=0.1, seed=0, progress=False)

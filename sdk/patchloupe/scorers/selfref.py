@@ -30,9 +30,10 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
 5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate`` and whose share of clipped
    pixels (:func:`clipped_fraction`) is at most ``clip_limit`` (the largest share among the fit's defect-free
    images plus ``clip_margin``), i.e. one that resembles the fitted surface, is scored by the memory alone, as
-   the memory scorer scores it: the shape of ``m`` with the height of ``c`` when there is a context memory; any
-   other image, e.g. after a change of texture or a gain that clips part of it, by ``min(s, m)``: normal when
-   either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
+   the memory scorer scores it: the shape of ``m`` with the height of ``c`` when there is a context memory (or
+   the larger of that and the self-reference's height, ``self_gain``, when probe defects chose it at fit:
+   :meth:`SelfRefScorer.height_map`); any other image, e.g. after a change of texture or a gain that clips part
+   of it, by ``min(s, m)``: normal when either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
    ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
@@ -315,6 +316,12 @@ class SelfRefScorer(Scorer):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.grid = (int(grid[0]), int(grid[1]))
         check_geometry(self.image_size, self.grid)
+        trunk = memory.trunk
+        if (trunk.normalize, trunk.level) != (config.normalize, config.level):  # the export graph reads the config
+            raise ValueError(
+                f"the memory's trunk normalises with {trunk.normalize!r} at level {trunk.level}, the config says "
+                f"{config.normalize!r} at {config.level}"
+            )
         h, w = math.ceil(self.image_size[0] / 8), math.ceil(self.image_size[1] / 8)  # the stride-8 grid
         ps = torch.ones(h, w) if position_scale is None else position_scale.float().cpu().contiguous()
         if tuple(ps.shape) != (h, w) or not bool((ps > 0).all()):
@@ -363,7 +370,8 @@ class SelfRefScorer(Scorer):
         scale, the distances are not scaled.
 
         With ``combine="gate"`` an image the memory alone scores (:meth:`near`) does not need ``s``: unless
-        ``every``, its self-reference search is skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
+        ``every`` or ``self_gain`` > 0 (``s`` then sets heights, :meth:`height_map`), its self-reference search is
+        skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
         clipped = clipped_fraction(x)
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
@@ -512,7 +520,9 @@ class SelfRefGraph(MemoryGraph):
     :class:`MemoryGraph`'s (the fine and context memories walked in runs of ``chunk`` rows); the
     self-reference is :func:`self_distances` with its exclusion mask a constant and TopK for the ``k`` nearest;
     the per-image medians (of ``s`` and of the scaled memory distance for the gate) are :func:`lower_median`;
-    then ``combine``, the context height for a gated image, the upsampling + blur and ``1 - exp(-d / scale)``
+    the gate also reads the clipped share (:func:`clipped_fraction`); then ``combine``, the height of a gated
+    image (the context memory's, with ``self_gain`` its maximum with the self-reference's), the upsampling + blur
+    and ``1 - exp(-d / scale)``
     as :meth:`SelfRefScorer.blend` and :meth:`SelfRefScorer.infer` compute them. ``half`` runs the trunk in
     float16, everything else in float32."""
 
@@ -597,7 +607,10 @@ def fit_selfref(
     (:func:`lighting_copies`), set ``memory_scale`` / ``context_scale`` (median held-out distances) and ``scale``
     (mean held-out image peak) from the held-out images ``hold`` and return the scorer, the held-out image
     scores (for calibration, as ``inspect`` computes them) and a record. The held-out images join the memory
-    after their scores are taken (as in ``fit_memory``: more memory only lowers the scores).
+    after their scores are taken (as in ``fit_memory``: more memory only lowers the scores). Also fitted here:
+    ``clip_limit`` (the largest clipped share among ``train`` and ``hold`` plus ``clip_margin``), ``level`` when
+    ``fit_level``, and, with ``select_height`` and at least ``PROBE_MIN_HOLD`` held-out images,
+    ``self_gain`` / ``self_offset`` (:func:`_select_height`, on probe defects drawn on the held-out images).
 
     ``memory_config`` defaults to ``MemoryConfig(coreset_fraction=...)`` (with the backbone's context memory)
     for ``combine="gate"`` and to the same without a context memory otherwise (only "gate" uses it)."""
@@ -606,11 +619,9 @@ def fit_selfref(
         ctx = None if cfg.combine == "gate" else ()
         memory_config = MemoryConfig(coreset_fraction=coreset_fraction, context_taps=ctx)
     resized = [resize_for_model(im, image_size) for im in train]
+    hold = [resize_for_model(im, image_size) for im in hold]
     if cfg.combine == "gate":
-        shares = [
-            float(clipped_fraction(to_batch([im]))[0])
-            for im in [*resized, *(resize_for_model(h, image_size) for h in hold)]
-        ]
+        shares = [float(v) for x in _batches([*resized, *hold], image_size, 16) for v in clipped_fraction(x)]
         cfg.clip_limit = min(1.0, max(shares, default=0.0) + cfg.clip_margin)
     if cfg.fit_level and resized:  # the fitted surface keeps its own brightness (and contrast) on average
         cfg.level = min(0.95, max(0.05, float(np.median([im.mean() for im in resized])) / 255.0))
@@ -679,12 +690,14 @@ def _select_height(
         return c, s
 
     hc, hs = heights(parts)
-    gain = float(hc.std() / hs.std().clamp_min(1e-6))
+    if not (float(hs.std()) > 1e-6 and float(hc.std()) > 1e-6):  # no spread to match the two heights by
+        return {"self_height": False}
+    gain = float(hc.std() / hs.std())
     offset = float(hc.mean() - gain * hs.mean())
-    resized = [resize_for_model(im, size) for im in hold]
-    probes = probe_defects(resized, max(PROBES_MIN, len(resized)), seed)
+    probes = probe_defects(hold, max(PROBES_MIN, len(hold)), seed)  # hold: already at the model size
     pc, ps = heights([scorer.parts(x, every=True) for x in _batches(probes, size, 16)])
     y = np.r_[np.zeros(len(hc)), np.ones(len(pc))]
+    hc, hs, pc, ps = (t.float().cpu() for t in (hc, hs, pc, ps))
     alone = image_auroc(y, torch.cat([hc, pc]).numpy())
     both = image_auroc(
         y, torch.cat([torch.maximum(hc, gain * hs + offset), torch.maximum(pc, gain * ps + offset)]).numpy()
