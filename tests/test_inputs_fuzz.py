@@ -510,10 +510,12 @@ def _child(cases: dict[str, int], derandomize: bool) -> None:  # noqa: C901 - on
             link = folder.with_name(folder.name + "-link")
             link.symlink_to(folder)
             return link
-        elif m == "stray_files":
-            (folder / ".patchloupe-tmp-generator.x.ab").write_bytes(b"half")
-            (folder / f"memory.{'0' * 16}.safetensors").write_bytes(b"orphan")
-            (folder / "notes.txt").write_text("hi")
+        elif m == "stray_files":  # new names only: an earlier mutation may have made one a fifo, a folder or a link
+            strays = ((".patchloupe-tmp-generator.x.ab", b"half"), (f"memory.{'0' * 16}.safetensors", b"orphan"),
+                      ("notes.txt", b"hi"))  # fmt: skip
+            for name, data in strays:
+                if not os.path.lexists(folder / name):
+                    (folder / name).write_bytes(data)
         return folder
 
     @st.composite
