@@ -372,10 +372,11 @@ class SelfRefScorer(Scorer):
         With ``combine="gate"`` an image the memory alone scores (:meth:`near`) does not need ``s``: unless
         ``every`` or ``self_gain`` > 0 (``s`` then sets heights, :meth:`height_map`), its self-reference search is
         skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
-        clipped = clipped_fraction(x)
+        gate = self.config.combine == "gate"
+        # only the gate reads the clipped share, and a clip_limit of 1 never excludes an image: zeros then
+        clipped = clipped_fraction(x) if gate and self.config.clip_limit < 1.0 else x.new_zeros(x.shape[0])
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
-        gate = self.config.combine == "gate"
         every = every or not gate or self.config.self_gain > 0.0  # the self-reference sets heights too
         todo = torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every else ~self.near(d, clipped)
         s = torch.full(d.shape, math.inf, dtype=torch.float32, device=f.device)
@@ -563,7 +564,7 @@ class SelfRefGraph(MemoryGraph):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, size = self.selfref, self.image_size
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        clipped = clipped_fraction(x) if cfg.combine == "gate" else None
+        clipped = clipped_fraction(x) if cfg.combine == "gate" and cfg.clip_limit < 1.0 else None
         x = self._normalize(x)
         f, proj = self._features(x, context=self.use_context)
         s = self._self_distances(f)
@@ -575,8 +576,10 @@ class SelfRefGraph(MemoryGraph):
         if cfg.combine == "min":
             comb = torch.minimum(s, m)
         elif cfg.combine == "gate":  # SelfRefScorer.near: median scaled memory distance below the gate, few clipped
-            near = (lower_median(m.flatten(1)) < cfg.gate).float() * (1.0 - (clipped > cfg.clip_limit).float())
-            near = (near > 0.5)[:, None, None]  # "and" in float: the exported graph has no And on every runtime
+            near = lower_median(m.flatten(1)) < cfg.gate
+            if clipped is not None:  # "and" in float: the exported graph has no And on every runtime
+                near = near.float() * (1.0 - (clipped > cfg.clip_limit).float()) > 0.5
+            near = near[:, None, None]
             comb = torch.where(near, m, torch.minimum(s, m))
         elif cfg.combine == "mean":
             comb = 0.5 * (s + m)
