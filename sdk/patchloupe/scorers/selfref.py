@@ -216,13 +216,19 @@ def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
     """RGB ``(B, 3, H, W)`` in [0, 1] divided by the least-squares plane of its luminance and brought to a mean
     of ``level`` (a global gain and a linear illumination gradient removed; colour and contrast kept)."""
     b, c, h, w = x.shape
-    g = x.float().mean(1, keepdim=True)
-    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=g.dtype)[None, None, None, :]
-    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=g.dtype)[None, None, :, None]
-    plane = g.mean(dim=(2, 3), keepdim=True)
-    plane = plane + u * ((g * u).sum(dim=(2, 3), keepdim=True) / (u.square().sum() * h))
-    plane = plane + v * ((g * v).sum(dim=(2, 3), keepdim=True) / (v.square().sum() * w))
-    return (x.float() * (level / plane.clamp_min(0.02))).clamp_(0.0, 1.0)
+    x = x.float()
+    # the basis (1, u, v) is orthogonal on a regular grid, so the plane is three projections, and those need only
+    # the luminance's column and row sums (no (B, 1, H, W) luminance image: this runs before every trunk pass)
+    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    # (B, W), (B, H) mean luminance; summed in this order because a channel reduction of a channels-last image
+    # (to_batch's) is ten times slower
+    cols, rows = x.sum(dim=2).sum(dim=1) / (c * h), x.sum(dim=(1, 3)) / (c * w)
+    mean = cols.mean(dim=1)
+    gu = (cols * u).sum(dim=1) / u.square().sum()
+    gv = (rows * v).sum(dim=1) / v.square().sum()
+    plane = mean[:, None, None] + gu[:, None, None] * u[None, None, :] + gv[:, None, None] * v[None, :, None]
+    return (x * (level / plane.clamp_min(0.02))[:, None]).clamp_(0.0, 1.0)
 
 
 def clipped_fraction(x: torch.Tensor) -> torch.Tensor:
@@ -425,11 +431,15 @@ class SelfRefScorer(Scorer):
         context memory, a memory-scored image keeps its map's shape and takes the height of ``c / context_scale``
         (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images), or with ``self_gain``
         the larger of that and the self-reference's height in the same units (:meth:`height_map`)."""
-        out = self.memory._blurred(self.combine(s, d, clipped), size)
         if c is None:
-            return out
+            return self.memory._blurred(self.combine(s, d, clipped), size)
+        near = self.near(d, clipped)
+        if self.config.combine == "gate" and bool(near.all()):  # the usual batch on the fitted surface: m alone
+            m = self.memory._blurred(d / self.config.memory_scale, size)
+            return rescale_to_peak(m, self.height_map(s, c, size))
+        out = self.memory._blurred(self.combine(s, d, clipped), size)
         ctx = rescale_to_peak(out, self.height_map(s, c, size))
-        return torch.where(self.near(d, clipped)[:, None, None], ctx, out)
+        return torch.where(near[:, None, None], ctx, out)
 
     def height_map(self, s: torch.Tensor, c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``s`` ``(B, h, w)`` and the raw context distance ``c`` ``(B, h', w')`` -> the map ``(B, H, W)`` whose
