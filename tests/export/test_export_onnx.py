@@ -155,12 +155,15 @@ def _selfref_variant(det: Detector, **changes: Any):  # noqa: ANN202 - a SelfRef
     memory = copy.deepcopy(sc.memory)
     memory.trunk.normalize = changes.get("normalize", sc.config.normalize)
     memory.trunk.level = changes.get("level", sc.config.level)
-    return SelfRefScorer(memory, replace(sc.config, **changes), sc.image_size, sc.grid, sc.position_scale)
+    return SelfRefScorer(
+        memory, replace(sc.config, **changes), sc.image_size, sc.grid, sc.position_scale, sc.class_scale
+    )
 
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"level": 0.6}, {"combine": "min"}, {"combine": "mean"},
+    [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"level": 0.6}, {"position_classes": 0}, {"position_classes": 2},
+     {"combine": "min"}, {"combine": "mean"},
      {"combine": "self"}, {"combine": "memory"},
      {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"}],
     ids=lambda c: "-".join(map(str, c.values())) or "default",

@@ -18,6 +18,7 @@ from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
     border_normalize,
+    class_normalize,
     clipped_fraction,
     exclusion_mask,
     fit_selfref,
@@ -25,6 +26,7 @@ from patchloupe.scorers.selfref import (
     lighting_copies,
     lower_median,
     normalize_lighting,
+    position_classes,
     self_distances,
 )
 
@@ -125,7 +127,7 @@ def test_combine_rules(det: Detector) -> None:
     out = sc.combine(s, d)
     assert torch.allclose(out[0], torch.ones(4, 4)) and torch.equal(out[1], s[1])
     assert sc.near(d).tolist() == [True, False]
-    low = SelfRefScorer(sc.memory, replace(sc.config, combine="min"), SIZE, (4, 4), sc.position_scale)
+    low = SelfRefScorer(sc.memory, replace(sc.config, combine="min"), SIZE, (4, 4), sc.position_scale, sc.class_scale)
     assert torch.equal(low.combine(s, d), torch.full((2, 4, 4), 0.5))
 
 
@@ -173,7 +175,9 @@ def test_level_is_fixed_or_the_training_images_median_brightness(det: Detector) 
 def test_self_height_joins_the_context_height_of_memory_scored_images(det: Detector) -> None:
     sc = det.scorer
     assert sc.config.self_gain == 0.0  # two held-out images: too few for the probe defects to decide
-    on = SelfRefScorer(sc.memory, replace(sc.config, self_gain=2.0, self_offset=0.1), SIZE, sc.grid, sc.position_scale)
+    on = SelfRefScorer(
+        sc.memory, replace(sc.config, self_gain=2.0, self_offset=0.1), SIZE, sc.grid, sc.position_scale, sc.class_scale
+    )
     imgs = [_texture(300), _with_defect(_texture(302))]  # both near the memory
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     p_off, p_on = sc.parts(x), on.parts(x)
@@ -205,14 +209,14 @@ def test_fitted_settings_survive_save_and_load(det: Detector) -> None:
     cfg = replace(sc.config, level=0.6, self_gain=1.5, self_offset=0.2, clip_limit=0.3)
     memory = copy.deepcopy(sc.memory)
     memory.trunk.level = 0.6
-    on = SelfRefScorer(memory, cfg, SIZE, sc.grid, sc.position_scale)
+    on = SelfRefScorer(memory, cfg, SIZE, sc.grid, sc.position_scale, sc.class_scale)
     back = SelfRefScorer.from_saved(on.settings(), on.tensors(), SIZE, sc.grid)
     assert back.config == cfg and back.memory.trunk.level == 0.6
     x = np.stack([_texture(300), _with_defect(_texture(302))])
     assert np.allclose(back.infer(x)[1], on.infer(x)[1], atol=1e-6)
     assert not np.allclose(on.infer(x)[1], sc.infer(x)[1], atol=1e-3)  # the settings change the maps
     with pytest.raises(ValueError, match="level"):  # the trunk and the config must agree (the export reads the config)
-        SelfRefScorer(sc.memory, cfg, SIZE, sc.grid, sc.position_scale)
+        SelfRefScorer(sc.memory, cfg, SIZE, sc.grid, sc.position_scale, sc.class_scale)
 
 
 def test_probe_defects_decide_the_self_height_at_fit() -> None:
@@ -253,7 +257,7 @@ def test_clip_limit_is_fitted_and_clipped_images_leave_the_memory_branch(det: De
     assert torch.isinf(p.s[0]).all() and torch.isfinite(p.s[1]).all()  # the clipped image is self-referenced
     mixed = sc.combine(p.s, p.d, p.clipped)
     assert torch.equal(mixed[1], torch.minimum(p.s[1], p.d[1] / sc.config.memory_scale))
-    off = SelfRefScorer(sc.memory, replace(sc.config, clip_limit=1.0), SIZE, sc.grid, sc.position_scale)
+    off = SelfRefScorer(sc.memory, replace(sc.config, clip_limit=1.0), SIZE, sc.grid, sc.position_scale, sc.class_scale)
     assert off.near(p.d, p.clipped).tolist()[1]  # clip_limit 1 (models saved before it): the median alone
 
 
@@ -358,6 +362,7 @@ def test_save_load_round_trip(det: Detector, tmp_path) -> None:
     assert isinstance(back.scorer, SelfRefScorer) and back.config.scorer == "selfref"
     assert back.scorer.config == det.scorer.config and back.threshold == det.threshold
     assert torch.equal(back.scorer.position_scale, det.scorer.position_scale)
+    assert torch.equal(back.scorer.class_scale, det.scorer.class_scale)
     imgs = [_texture(7), _with_defect(_texture(8))]
     np.testing.assert_array_equal(_scores(back, imgs), _scores(det, imgs))
     np.testing.assert_array_equal(back.inspect(imgs[1]).anomaly_map, det.inspect(imgs[1]).anomaly_map)
@@ -377,6 +382,80 @@ def test_border_normalize_divides_an_elevated_band_by_its_own_median() -> None:
     with pytest.raises(ValueError, match="border"):
         SelfRefConfig(border=-1)
     assert SelfRefConfig.from_dict({"k": 8}).border == 0 and SelfRefConfig().border == 1  # old models: unchanged
+
+
+def test_position_classes_group_cells_by_their_distances_to_the_borders() -> None:
+    cls, idx, med = position_classes(6, 7, 2)
+    grid = cls.reshape(6, 7)
+    corners = {int(grid[0, 0]), int(grid[0, -1]), int(grid[-1, 0]), int(grid[-1, -1])}
+    assert len(corners) == 1 and int((grid == grid[0, 0]).sum()) == 4
+    assert grid[0, 1] == grid[1, 0] == grid[-2, -1] and grid[0, 1] != grid[0, 0]  # unordered pairs: (0, 1) = (1, 0)
+    assert int((grid == grid[2, 2]).sum()) == 2 * 3  # the cells 2 or more from every border: one class
+    assert torch.equal(grid, grid.flip(0)) and torch.equal(grid, grid.flip(1))
+    for k in range(int(idx.shape[0])):  # the padded member lists and the lower median's position
+        members = idx[k][idx[k] < 6 * 7]
+        assert torch.equal(members, torch.nonzero(cls == k).flatten()) and int(med[k]) == (len(members) - 1) // 2
+    assert bool((idx[idx >= 6 * 7] == 6 * 7).all())
+    assert int(position_classes(6, 7, 0)[0].max()) == 0  # depth 0: one class, the image
+
+
+def _class_normalize_loop(s: torch.Tensor, depth: int) -> torch.Tensor:
+    """class_normalize written as a loop over the classes, with torch.median."""
+    cls = position_classes(int(s.shape[1]), int(s.shape[2]), depth)[0].reshape(s.shape[1:])
+    out = s.clone()
+    for k in cls.unique():
+        f = s[:, cls == k].median(dim=1).values.clamp_min(1.0)
+        out[:, cls == k] = s[:, cls == k] / f[:, None]
+    return out
+
+
+def test_class_normalize_divides_each_position_class_by_its_own_median() -> None:
+    h, w = 12, 14
+    rows, cols = np.mgrid[0:h, 0:w]
+    near = np.minimum(np.minimum(np.minimum(rows, h - 1 - rows), np.minimum(cols, w - 1 - cols)), 3)  # depth 3
+    s = torch.from_numpy(1.0 + 2.0 / (1.0 + near)).float()[None].repeat(2, 1, 1)  # a border handicap, worst at 0
+    s[0, 0, 0] *= 4.0  # a defect in one corner
+    s[0, 6, 7] = 5.0  # and one in the interior
+    s[1] = 0.5 + 0 * s[1]  # an image whose every class is below 1: left as it is
+    out = class_normalize(s, 3)
+    defect = torch.zeros(h, w, dtype=torch.bool)
+    defect[0, 0] = defect[6, 7] = True
+    assert torch.allclose(out[0][~defect], torch.ones(int((~defect).sum())), atol=1e-6)  # the handicap is gone
+    assert float(out[0, 0, 0]) == pytest.approx(4.0) and float(out[0, 6, 7]) == pytest.approx(5.0 / 1.5)
+    assert torch.equal(out[1], s[1])
+    g = torch.Generator().manual_seed(3)
+    for shape, depth in (((2, 7, 13), 8), ((1, 9, 5), 2), ((3, 16, 16), 4)):
+        r = torch.rand(*shape, generator=g) * 3.0
+        torch.testing.assert_close(class_normalize(r, depth), _class_normalize_loop(r, depth), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="position_classes"):
+        SelfRefConfig(position_classes=-1)
+    assert SelfRefConfig.from_dict({"k": 8}).position_classes == 0 and SelfRefConfig().position_classes == 8
+
+
+def test_the_fitted_surface_keeps_its_fitted_position_scale_and_other_surfaces_get_the_classes(det: Detector) -> None:
+    from dataclasses import replace as dc_replace
+
+    sc = det.scorer
+    assert sc.class_scale.shape == sc.position_scale.shape and not torch.equal(sc.class_scale, sc.position_scale)
+    x = torch.from_numpy(np.stack([_texture(9), _with_defect(_texture(8, "stripes"))])).permute(0, 3, 1, 2) / 255.0
+    f, _ = sc.memory._tap_features(x.float())
+    raw = self_distances(f, sc.config.k, sc.config.exclude)
+    raw = raw / raw.flatten(1).median(dim=1).values[:, None, None]
+    fitted = border_normalize(raw, sc.config.border) / sc.position_scale
+    other = class_normalize(raw, sc.config.position_classes) / sc.class_scale
+    got = sc.self_reference(f, torch.tensor([True, False]))
+    torch.testing.assert_close(got[0], fitted[0])
+    torch.testing.assert_close(got[1], other[1])
+    p = sc.parts(x.float(), every=True)  # "auto": each image by the gate
+    near = sc.near(p.d, p.clipped)
+    assert near.tolist() == [True, False]
+    torch.testing.assert_close(p.s, torch.where(near[:, None, None], fitted, other))
+    torch.testing.assert_close(sc.parts(x.float(), every=True, branch="far").s, other)
+    torch.testing.assert_close(sc.parts(x.float(), every=True, branch="near").s, fitted)
+    with pytest.raises(ValueError, match="branch"):
+        sc.parts(x.float(), branch="both")
+    old = SelfRefScorer(sc.memory, dc_replace(sc.config, position_classes=0), SIZE, sc.grid, sc.position_scale)
+    torch.testing.assert_close(old.self_reference(f, torch.tensor([True, False])), fitted)  # old models: bands only
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64, 65])

@@ -14,11 +14,15 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    8 + 16 taps, 3x3-averaged) ``(B, C, h, w)``;
 3. self-reference (zero-shot, after Aota et al., WACV 2023): for each position the mean Euclidean
    distance to its ``k`` nearest positions of the *same* image, positions within ``exclude`` cells
-   (Chebyshev) left out, divided by the image's median of that distance, each outer band of ``border``
-   cells by its own median when that is above 1 (:func:`border_normalize`: border positions find fewer
-   matches in their own image, by an amount that depends on the texture's period) and by
-   ``position_scale``, the median of that ratio per position over held-out defect-free images -> ``s``
-   ``(B, h, w)``, ~1 on normal texture;
+   (Chebyshev) left out, divided by the image's median of that distance, then normalised for position: the
+   trunk's zero padding makes cells near a border, most of all near a corner, find fewer matches in their own
+   image, by an amount that depends on the texture. An image like the fitted surface (the gate of step 5) divides
+   each outer band of ``border`` cells by its own median when above 1 (:func:`border_normalize`) and then by
+   ``position_scale``, the median of that ratio per position over held-out defect-free images (that surface's
+   handicap, measured); any other image divides each cell by the median of its position class when above 1
+   (:func:`class_normalize`: the cells at the same distances from the borders, up to ``position_classes`` cells
+   deep, measured in the image itself) and then by ``class_scale``, fitted likewise (models fitted before the
+   classes: the bands for every image) -> ``s`` ``(B, h, w)``, ~1 on normal texture;
 4. memory distance: each position's distance to its nearest training memory vector, divided by the
    median of those distances over held-out defect-free images (fixed at fit time) -> ``m``, ~1 on
    normal images of the fitted surface. At fit time the memory also holds up to ``lighting_copies``
@@ -79,11 +83,13 @@ __all__ = [
     "SelfRefScorer",
     "SelfRefParts",
     "border_normalize",
+    "class_normalize",
     "clipped_fraction",
     "fit_selfref",
     "flat_field",
     "lighting_copies",
     "normalize_lighting",
+    "position_classes",
     "self_distances",
 ]
 
@@ -103,7 +109,8 @@ class SelfRefConfig:
 
     k: int = 8
     exclude: int = 2
-    border: int = 1  # outer bands of this many cells each divided by their own per-image median (when above 1)
+    border: int = 1  # position_classes=0: outer bands of this many cells each divided by their own median (if above 1)
+    position_classes: int = 8  # each cell divided by its position class's median, classes to this many cells deep
     combine: str = "gate"
     normalize: str = "flat"
     level: float = 0.45  # normalize="flat": the mean brightness (in [0, 1]) every image is brought to
@@ -127,7 +134,10 @@ class SelfRefConfig:
             raise ValueError(f"exclude must be >= 0, got {self.exclude}")
         if int(self.border) < 0:
             raise ValueError(f"border must be >= 0, got {self.border}")
+        if int(self.position_classes) < 0:
+            raise ValueError(f"position_classes must be >= 0, got {self.position_classes}")
         self.k, self.exclude, self.border = int(self.k), int(self.exclude), int(self.border)
+        self.position_classes = int(self.position_classes)
         if int(self.lighting_copies) < 0:
             raise ValueError(f"lighting_copies must be >= 0, got {self.lighting_copies}")
         self.lighting_copies = int(self.lighting_copies)
@@ -160,9 +170,9 @@ class SelfRefConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
         """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
-        ``"gate"`` became it), a missing ``lighting_copies`` and ``border`` are 0 and a missing ``clip_limit`` 1, so
-        older models keep their scores."""
-        d = {"combine": "min", "lighting_copies": 0, "border": 0, "clip_limit": 1.0, **d}
+        ``"gate"`` became it), a missing ``lighting_copies``, ``border`` and ``position_classes`` are 0 and a missing
+        ``clip_limit`` 1, so older models keep their scores."""
+        d = {"combine": "min", "lighting_copies": 0, "border": 0, "position_classes": 0, "clip_limit": 1.0, **d}
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -293,6 +303,14 @@ def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> 
     return out.reshape(b, h, w)
 
 
+def _scaled(s: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``s`` ``(B, h, w)`` divided by a per-position scale ``(h, w)`` fitted at the model size (left as it is on
+    another grid)."""
+    if tuple(int(v) for v in scale.shape) != tuple(int(v) for v in s.shape[1:]):
+        return s
+    return s / scale.to(s.device)
+
+
 def _build_memory(mcfg: MemoryConfig, cfg: SelfRefConfig, weights: str | None = None) -> FeatureMemory:
     trunk = LightingTrunk(load_backbone(weights, mcfg.trunk_taps, mcfg.backbone), cfg.normalize, cfg.level)
     return FeatureMemory(mcfg, None, trunk)
@@ -312,6 +330,7 @@ class SelfRefScorer(Scorer):
         image_size: tuple[int, int],
         grid: tuple[int, int],
         position_scale: torch.Tensor | None = None,
+        class_scale: torch.Tensor | None = None,
     ) -> None:
         from patchloupe.preprocess import check_geometry
 
@@ -329,18 +348,26 @@ class SelfRefScorer(Scorer):
                 f"{config.normalize!r} at {config.level}"
             )
         h, w = math.ceil(self.image_size[0] / 8), math.ceil(self.image_size[1] / 8)  # the stride-8 grid
-        ps = torch.ones(h, w) if position_scale is None else position_scale.float().cpu().contiguous()
-        if tuple(ps.shape) != (h, w) or not bool((ps > 0).all()):
-            raise ValueError(f"position_scale must be positive ({h}, {w}), got {tuple(ps.shape)}")
-        #: the median self-reference ``s`` per position over held-out images ``(H/8, W/8)``: border positions
-        #: find fewer matches in their own image, so ``s`` is divided by it (ones until ``fit_selfref`` sets it)
-        self.position_scale = ps
+        scales = []
+        for name, t in (("position_scale", position_scale), ("class_scale", class_scale)):
+            t = torch.ones(h, w) if t is None else t.float().cpu().contiguous()
+            if tuple(t.shape) != (h, w) or not bool((t > 0).all()):
+                raise ValueError(f"{name} must be positive ({h}, {w}), got {tuple(t.shape)}")
+            scales.append(t)
+        #: the median band-normalised self-reference per position over held-out images ``(H/8, W/8)``: border
+        #: positions find fewer matches in their own image, so the fitted surface's ``s`` is divided by it (ones
+        #: until ``fit_selfref`` sets it)
+        self.position_scale = scales[0]
+        #: the same for the class-normalised self-reference (:func:`class_normalize`), the other surfaces' ``s``
+        #: (ones for models fitted before the classes, which do not use it)
+        self.class_scale = scales[1]
 
     def settings(self) -> dict[str, Any]:
         return {"memory": self.memory.config.to_dict(), "selfref": asdict(self.config)}
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"memory": self.memory.state_dict(), "selfref": {"position_scale": self.position_scale}}
+        scales = {"position_scale": self.position_scale, "class_scale": self.class_scale}
+        return {"memory": self.memory.state_dict(), "selfref": scales}
 
     @classmethod
     def from_saved(
@@ -355,9 +382,11 @@ class SelfRefScorer(Scorer):
         trunk = LightingTrunk(build_trunk(mcfg.backbone, mcfg.trunk_taps), cfg.normalize, cfg.level)
         memory = FeatureMemory.from_state(mcfg, tensors["memory"], trunk)
         ps = tensors["selfref"]["position_scale"]
-        if not bool(torch.isfinite(ps).all()):
-            raise ValueError("position_scale holds NaN or infinite values")
-        return cls(memory, cfg, image_size, grid, ps)
+        cs = tensors["selfref"].get("class_scale")  # models saved before the classes have none (and need none)
+        for name, t in (("position_scale", ps), ("class_scale", cs)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} holds NaN or infinite values")
+        return cls(memory, cfg, image_size, grid, ps, cs)
 
     def to(self, device: Any) -> SelfRefScorer:
         self.memory.to(device)
@@ -369,34 +398,52 @@ class SelfRefScorer(Scorer):
 
     # ------------------------------------------------------------------------------------------ maps
     @torch.inference_mode()
-    def parts(self, x: torch.Tensor, every: bool = False) -> SelfRefParts:
+    def parts(self, x: torch.Tensor, every: bool = False, branch: str = "auto") -> SelfRefParts:
         """RGB float ``(B, 3, H, W)`` -> (self-reference ``s``, raw memory distance ``d``) ``(B, h, w)`` at the
         feature grid, the raw context-memory distance ``(B, h', w')`` (None without a context memory) and the
-        clipped share of each image ``(B,)``; ``s`` is already divided by its per-image median and the position
-        scale, the distances are not scaled.
+        clipped share of each image ``(B,)``; ``s`` is already divided by its per-image median and normalised for
+        position (:meth:`self_reference`), the distances are not scaled.
 
-        With ``combine="gate"`` an image the memory alone scores (:meth:`near`) does not need ``s``: unless
-        ``every`` or ``self_gain`` > 0 (``s`` then sets heights, :meth:`height_map`), its self-reference search is
+        ``branch="auto"``: an image the memory alone scores (``combine="gate"``, :meth:`near`) gets the fitted
+        surface's self-reference (``"near"``: bands and ``position_scale``; it only sets heights,
+        :meth:`height_map`), any other image the self-reference of a surface the fit never saw (``"far"``: position
+        classes and ``class_scale``); ``"near"`` / ``"far"`` force one for every image. With ``combine="gate"`` a
+        memory-scored image does not need ``s``: unless ``every`` or ``self_gain`` > 0, its self-reference search is
         skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
+        if branch not in ("auto", "near", "far"):
+            raise ValueError(f"branch must be 'auto', 'near' or 'far', got {branch!r}")
         gate = self.config.combine == "gate"
         # only the gate reads the clipped share, and a clip_limit of 1 never excludes an image: zeros then
         clipped = clipped_fraction(x) if gate and self.config.clip_limit < 1.0 else x.new_zeros(x.shape[0])
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
+        near = self.near(d, clipped) if gate else torch.zeros(f.shape[0], dtype=torch.bool, device=f.device)
         every = every or not gate or self.config.self_gain > 0.0  # the self-reference sets heights too
-        todo = torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if every else ~self.near(d, clipped)
+        todo = torch.ones_like(near) if every else ~near
         s = torch.full(d.shape, math.inf, dtype=torch.float32, device=f.device)
         if bool(todo.any()):
-            si = self_distances(f[todo], self.config.k, self.config.exclude)
-            si = si / si.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
-            si = border_normalize(si, self.config.border)
-            if self.position_scale.shape == si.shape[1:]:
-                si = si / self.position_scale.to(si.device)
-            s[todo] = si.float()
+            which = near[todo] if branch == "auto" else torch.full_like(near[todo], branch == "near")
+            s[todo] = self.self_reference(f[todo], which).float()
         c = None
         if ctx is not None and gate:
             c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
         return SelfRefParts(s, d, c, clipped.to(d.device))
+
+    def self_reference(self, f: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, C, h, w)`` and bool ``(B,)`` -> ``s`` ``(B, h, w)``: :func:`self_distances` divided by its
+        image median, then for a ``near`` image (one like the fitted surface) each outer band by its own median
+        (:func:`border_normalize`) and ``position_scale``, the fitted surface's per-position handicap, and for any
+        other image each position class by its own median (:func:`class_normalize`) and ``class_scale``, since
+        the fitted handicap is another texture's (models fitted before the classes, ``position_classes=0``: the
+        bands for every image)."""
+        cfg = self.config
+        raw = self_distances(f, cfg.k, cfg.exclude)
+        raw = raw / raw.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+        fitted = _scaled(border_normalize(raw, cfg.border), self.position_scale)
+        if cfg.position_classes <= 0:
+            return fitted
+        other = _scaled(class_normalize(raw, cfg.position_classes), self.class_scale)
+        return torch.where(near.to(raw.device)[:, None, None], fitted, other)
 
     def combine(self, s: torch.Tensor, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
         """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
@@ -523,6 +570,47 @@ def border_normalize(s: torch.Tensor, width: int) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def position_classes(h: int, w: int, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The position classes of an ``h x w`` grid: a cell's class is the unordered pair of its distances (in cells) to
+    the nearer of the top and bottom borders and to the nearer of the left and right ones, each capped at
+    ``depth``: the four corners form one class, the eight cells beside them another, ..., and the cells ``depth`` or
+    more cells from every border one. Returns
+    (class of each cell ``(h w,)``, the flat indices of each class's cells ``(K, n_max)`` padded with ``h w``, the
+    position of each class's lower median in its sorted values ``(K,)``) (numpy-built, so a traced graph holds them
+    as constants; read-only)."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    dr = np.minimum(np.minimum(rows, h - 1 - rows), depth)
+    dc = np.minimum(np.minimum(cols, w - 1 - cols), depth)
+    key = (np.minimum(dr, dc) * (depth + 1) + np.maximum(dr, dc)).ravel()
+    _, cls = np.unique(key, return_inverse=True)
+    members = [np.flatnonzero(cls == k) for k in range(int(cls.max()) + 1)]
+    n_max = max(len(m) for m in members)
+    idx = np.full((len(members), n_max), h * w, dtype=np.int64)
+    for k, m in enumerate(members):
+        idx[k, : len(m)] = m
+    med = np.array([(len(m) - 1) // 2 for m in members], dtype=np.int64)
+    return torch.from_numpy(cls.astype(np.int64)), torch.from_numpy(idx), torch.from_numpy(med)
+
+
+def class_normalize(s: torch.Tensor, depth: int) -> torch.Tensor:
+    """Self-reference ``(B, h, w)`` (already divided by its image median) -> each cell divided by the per-image lower
+    median of its position class (:func:`position_classes`) when that is above 1. The trunk's zero padding changes
+    features up to its receptive field from the border, so cells near a border, and most of all near a corner, find
+    fewer matches in their own image, by an amount that depends on the texture; cells at the same distances from the
+    borders share that handicap, and their median measures it in each image (no fitting: it holds for a texture the
+    fit never saw). A defect keeps its height unless it covers half of its class (a corner class has 4 cells)."""
+    b, h, w = s.shape
+    h, w = int(h), int(w)  # while tracing the sizes are traced values; the classes must be the cached constants
+    cls, idx, med = (t.to(s.device) for t in position_classes(h, w, int(depth)))
+    flat = torch.cat([s.reshape(-1, h * w), torch.full_like(s.reshape(-1, h * w)[:, :1], float("inf"))], 1)
+    vals = flat[:, idx.flatten()].reshape(-1, int(idx.shape[0]), int(idx.shape[1]))  # (B, K, n_max), +inf padded
+    srt = vals.topk(int(idx.shape[1]), dim=-1, largest=False).values  # ascending (ONNX TopK: no sort operator)
+    at = torch.arange(int(idx.shape[0]), device=s.device) * int(idx.shape[1]) + med  # each class's lower median
+    f = srt.flatten(1).index_select(1, at).clamp_min(1.0)  # (B, K) (a Gather: GatherElements is not everywhere)
+    return s / f.index_select(1, cls).reshape(-1, h, w)
+
+
 class SelfRefGraph(MemoryGraph):
     """:meth:`SelfRefScorer.infer` as one static-shape graph: uint8 RGB ``(B, H, W, 3)`` at the model size ->
     image scores ``(B,)``, patch scores ``(B, rows, cols)`` and the anomaly map ``(B, H, W)`` (the field).
@@ -543,6 +631,7 @@ class SelfRefGraph(MemoryGraph):
         self.selfref = SelfRefConfig(**asdict(scorer.config))  # every combine and normalize exports
         self.use_context = self.has_context and self.selfref.combine == "gate"  # as SelfRefScorer.parts
         self.register_buffer("position_scale", scorer.position_scale.detach().float().cpu().clone())
+        self.register_buffer("class_scale", scorer.class_scale.detach().float().cpu().clone())
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """RGB float32 ``(B, 3, H, W)`` -> the lighting normalisation of :class:`LightingTrunk`."""
@@ -577,19 +666,22 @@ class SelfRefGraph(MemoryGraph):
         clipped = clipped_fraction(x) if cfg.combine == "gate" and cfg.clip_limit < 1.0 else None
         x = self._normalize(x)
         f, proj = self._features(x, context=self.use_context)
-        s = self._self_distances(f)
-        s = s / lower_median(s.flatten(1)).clamp_min(1e-6)[:, None, None]
-        s = border_normalize(s, cfg.border)
-        if tuple(self.position_scale.shape) == tuple(int(v) for v in s.shape[1:]):
-            s = s / self.position_scale
         m = self._nearest(f, self.bank) / cfg.memory_scale
-        if cfg.combine == "min":
-            comb = torch.minimum(s, m)
-        elif cfg.combine == "gate":  # SelfRefScorer.near: median scaled memory distance below the gate, few clipped
+        near = None
+        if cfg.combine == "gate":  # SelfRefScorer.near: median scaled memory distance below the gate, few clipped
             near = lower_median(m.flatten(1)) < cfg.gate
             if clipped is not None:  # "and" in float: the exported graph has no And on every runtime
                 near = near.float() * (1.0 - (clipped > cfg.clip_limit).float()) > 0.5
             near = near[:, None, None]
+        raw = self._self_distances(f)  # SelfRefScorer.self_reference
+        raw = raw / lower_median(raw.flatten(1)).clamp_min(1e-6)[:, None, None]
+        s = _scaled(border_normalize(raw, cfg.border), self.position_scale)
+        if cfg.position_classes > 0:
+            other = _scaled(class_normalize(raw, cfg.position_classes), self.class_scale)
+            s = other if near is None else torch.where(near, s, other)
+        if cfg.combine == "min":
+            comb = torch.minimum(s, m)
+        elif near is not None:
             comb = torch.where(near, m, torch.minimum(s, m))
         elif cfg.combine == "mean":
             comb = 0.5 * (s + m)
@@ -644,15 +736,30 @@ def fit_selfref(
         resized + copies, image_size, seed=seed, progress=progress, counted=counted
     )
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
-    parts = [scorer.parts(x, every=True) for x in _batches(hold, image_size, 16)]
-    scorer.position_scale = torch.cat([p.s for p in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
-    parts = [p._replace(s=p.s / scorer.position_scale.to(p.s.device)) for p in parts]
+    # each held-out image's self-reference both ways (the scales still ones): the fitted surface's, which sets the
+    # height of a memory-scored image, and the one an image of another surface gets (a second trunk pass)
+    parts = [scorer.parts(x, every=True, branch="near") for x in _batches(hold, image_size, 16)]
+    if cfg.position_classes > 0:
+        other = [scorer.parts(x, every=True, branch="far").s for x in _batches(hold, image_size, 16)]
+    else:  # models without the classes: one self-reference for every image
+        other = [p.s for p in parts]
+    if parts:
+        scorer.position_scale = torch.cat([p.s for p in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
+        scorer.class_scale = torch.cat(other).median(dim=0).values.clamp_min(1e-3).cpu()
+    parts = [p._replace(s=_scaled(p.s, scorer.position_scale)) for p in parts]
+    other = [_scaled(t, scorer.class_scale) for t in other]
     med = float(torch.cat([p.d.flatten() for p in parts]).median())
     cfg.memory_scale = med if math.isfinite(med) and med > 0 else 1.0
     if parts and parts[0].c is not None:
         cmed = float(torch.cat([p.c.flatten() for p in parts]).median())
         cfg.context_scale = cmed if math.isfinite(cmed) and cmed > 0 else 1.0
     height = _select_height(scorer, parts, hold, image_size, seed) if cfg.select_height else {}
+    if cfg.position_classes > 0:  # each held-out image as inspect scores it (SelfRefScorer.parts, branch "auto")
+        gate = cfg.combine == "gate"
+        parts = [
+            p._replace(s=torch.where(scorer.near(p.d, p.clipped)[:, None, None], p.s, t) if gate else t)
+            for p, t in zip(parts, other)
+        ]
     peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped).amax(dim=(1, 2)) for p in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
@@ -708,7 +815,7 @@ def _select_height(
     gain = float(hc.std() / hs.std())
     offset = float(hc.mean() - gain * hs.mean())
     probes = probe_defects(hold, max(PROBES_MIN, len(hold)), seed)  # hold: already at the model size
-    pc, ps = heights([scorer.parts(x, every=True) for x in _batches(probes, size, 16)])
+    pc, ps = heights([scorer.parts(x, every=True, branch="near") for x in _batches(probes, size, 16)])
     y = np.r_[np.zeros(len(hc)), np.ones(len(pc))]
     hc, hs, pc, ps = (t.float().cpu() for t in (hc, hs, pc, ps))
     alone = image_auroc(y, torch.cat([hc, pc]).numpy())
