@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-memory": {"combine": "memory"},
     "selfref-k1": {"k": 1},
     "selfref-k32": {"k": 32},
+    "selfref-bands": {"position_classes": 0},
+    "selfref-ex3": {"exclude": 3},
 }
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (
