@@ -160,6 +160,31 @@ def _selfref_variant(det: Detector, **changes: Any):  # noqa: ANN202 - a SelfRef
     )
 
 
+def test_selfref_graph_at_a_size_not_divisible_by_8_matches_infer(tiny_pattern_detector, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="export needs the 'export' extra")
+    import torch
+    from patchloupe import Detector
+    from patchloupe.export.onnx_graph import write_onnx
+    from patchloupe.scorers.memory import memory_available
+
+    if not memory_available():
+        pytest.skip("the selfref scorer's trunk weights are not installed")
+    torch.manual_seed(0)
+    train = [striped_surface(s, (76, 100)) for s in range(10)]
+    det = Detector.fit(
+        train, base=tiny_pattern_detector, image_size=(76, 100), grid=(4, 5), coreset_fraction=0.25, progress=False
+    )
+    write_onnx(det.scorer, tmp_path / "odd.onnx", batch="dynamic", simplify=False)
+    sess = ort.InferenceSession(str(tmp_path / "odd.onnx"), providers=["CPUExecutionProvider"])
+    x = np.stack([striped_surface(s + 50, (76, 100), hole=s == 1) for s in range(2)]
+                 + [random_image(2, (76, 100, 3)), np.rot90(striped_surface(3, (100, 76))).copy()])  # fmt: skip
+    image, patch, amap = sess.run(None, {"images": x})
+    want_patch, want_map = det.scorer.infer(x)
+    p = det.scorer.parts(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
+    assert set(det.scorer.near(p.d, p.clipped).tolist()) == {True, False}  # both branches, one batch
+    assert np.abs(amap - want_map).max() <= 1e-5 and np.abs(patch - want_patch).max() <= 1e-5
+
+
 @pytest.mark.parametrize(
     "changes",
     [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"level": 0.6}, {"position_classes": 0}, {"position_classes": 2},

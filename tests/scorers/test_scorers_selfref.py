@@ -100,6 +100,23 @@ def test_flat_field_removes_gain_and_gradient_and_keeps_contrast() -> None:
     assert ref.std() == pytest.approx(float(x.std() * 0.45 / x.mean()), rel=0.05)  # contrast kept
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 128, 128), (3, 3, 37, 91), (2, 3, 1, 64)])
+def test_flat_field_divides_by_the_least_squares_plane_of_the_luminance(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(*shape, generator=g) * torch.linspace(0.5, 1.0, shape[-1])  # with a gradient to remove
+    b, _, h, w = shape
+    u = torch.linspace(-1.0, 1.0, w).double()
+    v = torch.linspace(-1.0, 1.0, h).double()
+    cols = [torch.ones(h, w).double(), u[None].expand(h, w)] + ([v[:, None].expand(h, w)] if h > 1 else [])
+    basis = torch.stack(cols, -1).reshape(-1, len(cols))  # one row: no vertical slope to fit
+    for batch in (x, x.contiguous(memory_format=torch.channels_last)):
+        lum = batch.double().mean(1).reshape(b, -1, 1)  # (B, H W, 1)
+        coef = torch.linalg.lstsq(basis.expand(b, -1, -1), lum).solution  # the plane, solved directly
+        plane = (basis @ coef).reshape(b, 1, h, w).clamp_min(0.02)
+        want = (batch.double() * (0.45 / plane)).clamp(0.0, 1.0)
+        torch.testing.assert_close(flat_field(batch, 0.45).double(), want, atol=1e-5, rtol=0)
+
+
 def test_self_distances_exclude_the_neighbourhood() -> None:
     f = torch.randn(1, 4, 6, 6)
     f[0, :, 5, 5] = f[0, :, 0, 0]  # a far twin of position (0, 0)
@@ -143,6 +160,18 @@ def test_gate_takes_the_context_height_for_images_near_the_memory(det: Detector)
     assert out[0].amax() == pytest.approx(4.0, rel=1e-4)  # the context memory's height
     assert out[0].argmax() == sc.blend(s, d, None, SIZE)[0].argmax()  # the memory map's shape
     assert torch.allclose(out[1], sc.blend(s, d, None, SIZE)[1])  # a far image ignores the context memory
+
+
+def test_a_batch_the_memory_alone_scores_takes_the_general_path_s_map(det: Detector) -> None:
+    from patchloupe.scorers.memory import rescale_to_peak
+
+    sc = det.scorer
+    x = torch.from_numpy(np.stack([_texture(11), _with_defect(_texture(12))])).permute(0, 3, 1, 2).float() / 255.0
+    p = sc.parts(x)
+    assert bool(sc.near(p.d, p.clipped).all())  # both like the fitted surface: blend's short path
+    out = sc.memory._blurred(sc.combine(p.s, p.d, p.clipped), SIZE)  # the general path, written out
+    want = torch.where(sc.near(p.d, p.clipped)[:, None, None], rescale_to_peak(out, sc.height_map(p.s, p.c, SIZE)), out)
+    torch.testing.assert_close(sc.blend(p.s, p.d, p.c, SIZE, p.clipped), want, rtol=0, atol=0)
 
 
 def test_images_near_the_memory_skip_the_self_reference_and_keep_their_maps(det: Detector) -> None:
@@ -432,9 +461,18 @@ def test_class_normalize_divides_each_position_class_by_its_own_median() -> None
     assert SelfRefConfig.from_dict({"k": 8}).position_classes == 0 and SelfRefConfig().position_classes == 8
 
 
-def test_the_fitted_surface_keeps_its_fitted_position_scale_and_other_surfaces_get_the_classes(det: Detector) -> None:
-    from dataclasses import replace as dc_replace
+def test_models_saved_before_the_classes_load_with_the_bands_only(det: Detector) -> None:
+    sc = det.scorer
+    settings, tensors = sc.settings(), sc.tensors()
+    del settings["selfref"]["position_classes"], tensors["selfref"]["class_scale"]
+    old = SelfRefScorer.from_saved(settings, tensors, sc.image_size, sc.grid)
+    assert old.config.position_classes == 0 and torch.equal(old.class_scale, torch.ones_like(sc.position_scale))
+    bands = SelfRefScorer(sc.memory, replace(sc.config, position_classes=0), SIZE, sc.grid, sc.position_scale)
+    x = torch.from_numpy(np.stack([_texture(9), _with_defect(_texture(8, "stripes"))])).permute(0, 3, 1, 2) / 255.0
+    torch.testing.assert_close(old.raw_map(x.float()), bands.raw_map(x.float()))
 
+
+def test_the_fitted_surface_keeps_its_fitted_position_scale_and_other_surfaces_get_the_classes(det: Detector) -> None:
     sc = det.scorer
     assert sc.class_scale.shape == sc.position_scale.shape and not torch.equal(sc.class_scale, sc.position_scale)
     x = torch.from_numpy(np.stack([_texture(9), _with_defect(_texture(8, "stripes"))])).permute(0, 3, 1, 2) / 255.0
@@ -454,7 +492,7 @@ def test_the_fitted_surface_keeps_its_fitted_position_scale_and_other_surfaces_g
     torch.testing.assert_close(sc.parts(x.float(), every=True, branch="near").s, fitted)
     with pytest.raises(ValueError, match="branch"):
         sc.parts(x.float(), branch="both")
-    old = SelfRefScorer(sc.memory, dc_replace(sc.config, position_classes=0), SIZE, sc.grid, sc.position_scale)
+    old = SelfRefScorer(sc.memory, replace(sc.config, position_classes=0), SIZE, sc.grid, sc.position_scale)
     torch.testing.assert_close(old.self_reference(f, torch.tensor([True, False])), fitted)  # old models: bands only
 
 

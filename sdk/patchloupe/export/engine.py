@@ -63,8 +63,8 @@ def topk_problem(model: Any) -> str | None:
     if ks and max(ks) > TOPK_MAX:
         return (
             f"TensorRT's TopK takes at most {TOPK_MAX} elements, the graph needs {max(ks)} (the self-reference "
-            "scorer's median over the stride-8 positions): fit at a smaller image_size, or run the ONNX graph "
-            "with ONNX Runtime's CUDA provider"
+            "scorer's medians over the stride-8 positions: of the image and of its position classes): fit at a "
+            "smaller image_size, or run the ONNX graph with ONNX Runtime's CUDA provider"
         )
     return None
 

@@ -109,7 +109,7 @@ class SelfRefConfig:
 
     k: int = 8
     exclude: int = 2
-    border: int = 1  # position_classes=0: outer bands of this many cells each divided by their own median (if above 1)
+    border: int = 1  # images like the fitted surface (all with position_classes=0): bands each by their own median
     position_classes: int = 8  # each cell divided by its position class's median, classes to this many cells deep
     combine: str = "gate"
     normalize: str = "flat"
@@ -228,15 +228,16 @@ def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.float()
     # the basis (1, u, v) is orthogonal on a regular grid, so the plane is three projections, and those need only
-    # the luminance's column and row sums (no (B, 1, H, W) luminance image: this runs before every trunk pass)
-    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
-    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    # the luminance's column and row sums (no (B, 1, H, W) luminance image: this runs before every trunk pass); a
+    # single row or column has no slope along it (linspace(-1, 1, 1) is [-1], not orthogonal to the constant)
+    u = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype) * float(w > 1)
+    v = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype) * float(h > 1)
     # (B, W), (B, H) mean luminance; summed in this order because a channel reduction of a channels-last image
     # (to_batch's) is ten times slower
     cols, rows = x.sum(dim=2).sum(dim=1) / (c * h), x.sum(dim=(1, 3)) / (c * w)
     mean = cols.mean(dim=1)
-    gu = (cols * u).sum(dim=1) / u.square().sum()
-    gv = (rows * v).sum(dim=1) / v.square().sum()
+    gu = (cols * u).sum(dim=1) / u.square().sum().clamp_min(1e-12)
+    gv = (rows * v).sum(dim=1) / v.square().sum().clamp_min(1e-12)
     plane = mean[:, None, None] + gu[:, None, None] * u[None, None, :] + gv[:, None, None] * v[None, :, None]
     return (x * (level / plane.clamp_min(0.02))[:, None]).clamp_(0.0, 1.0)
 
@@ -599,14 +600,18 @@ def class_normalize(s: torch.Tensor, depth: int) -> torch.Tensor:
     features up to its receptive field from the border, so cells near a border, and most of all near a corner, find
     fewer matches in their own image, by an amount that depends on the texture; cells at the same distances from the
     borders share that handicap, and their median measures it in each image (no fitting: it holds for a texture the
-    fit never saw). A defect keeps its height unless it covers half of its class (a corner class has 4 cells)."""
+    fit never saw). A defect keeps its height unless it covers more than half of its class (a corner class has 4
+    cells)."""
     b, h, w = s.shape
     h, w = int(h), int(w)  # while tracing the sizes are traced values; the classes must be the cached constants
     cls, idx, med = (t.to(s.device) for t in position_classes(h, w, int(depth)))
     flat = torch.cat([s.reshape(-1, h * w), torch.full_like(s.reshape(-1, h * w)[:, :1], float("inf"))], 1)
     vals = flat[:, idx.flatten()].reshape(-1, int(idx.shape[0]), int(idx.shape[1]))  # (B, K, n_max), +inf padded
-    srt = vals.topk(int(idx.shape[1]), dim=-1, largest=False).values  # ascending (ONNX TopK: no sort operator)
-    at = torch.arange(int(idx.shape[0]), device=s.device) * int(idx.shape[1]) + med  # each class's lower median
+    # every lower median is among a class's (n_max + 1) // 2 smallest values: sort only those (ONNX TopK, ascending;
+    # no larger a K than the image median's, TensorRT's TopK limit)
+    half = (int(idx.shape[1]) + 1) // 2
+    srt = vals.topk(half, dim=-1, largest=False).values
+    at = torch.arange(int(idx.shape[0]), device=s.device) * half + med  # each class's lower median
     f = srt.flatten(1).index_select(1, at).clamp_min(1.0)  # (B, K) (a Gather: GatherElements is not everywhere)
     return s / f.index_select(1, cls).reshape(-1, h, w)
 
@@ -618,8 +623,11 @@ class SelfRefGraph(MemoryGraph):
     The lighting normalisation (``config.normalize``, in float32), the trunk and the memory searches are
     :class:`MemoryGraph`'s (the fine and context memories walked in runs of ``chunk`` rows); the
     self-reference is :func:`self_distances` with its exclusion mask a constant and TopK for the ``k`` nearest;
-    the per-image medians (of ``s`` and of the scaled memory distance for the gate) are :func:`lower_median`;
-    the gate also reads the clipped share (:func:`clipped_fraction`); then ``combine``, the height of a gated
+    the per-image medians (of ``s``, of its border bands and of the scaled memory distance for the gate) are
+    :func:`lower_median`, those of the position classes (:func:`class_normalize`) one TopK over constant gathers;
+    the gate also reads the clipped share (:func:`clipped_fraction`) and picks each image's self-reference (the
+    bands and ``position_scale`` for a gated image, the classes and ``class_scale`` for the others, as
+    :meth:`SelfRefScorer.self_reference`); then ``combine``, the height of a gated
     image (the context memory's, with ``self_gain`` its maximum with the self-reference's), the upsampling + blur
     and ``1 - exp(-d / scale)``
     as :meth:`SelfRefScorer.blend` and :meth:`SelfRefScorer.infer` compute them. ``half`` runs the trunk in
