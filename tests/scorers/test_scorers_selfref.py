@@ -490,6 +490,10 @@ def test_the_fitted_surface_keeps_its_fitted_position_scale_and_other_surfaces_g
     torch.testing.assert_close(p.s, torch.where(near[:, None, None], fitted, other))
     torch.testing.assert_close(sc.parts(x.float(), every=True, branch="far").s, other)
     torch.testing.assert_close(sc.parts(x.float(), every=True, branch="near").s, fitted)
+    both, far = sc.fit_parts(x.float())  # one trunk pass for the fit: both branches for every image
+    torch.testing.assert_close(both.s, fitted)
+    torch.testing.assert_close(far, other)
+    torch.testing.assert_close(both.d, p.d)
     with pytest.raises(ValueError, match="branch"):
         sc.parts(x.float(), branch="both")
     old = SelfRefScorer(sc.memory, replace(sc.config, position_classes=0), SIZE, sc.grid, sc.position_scale)

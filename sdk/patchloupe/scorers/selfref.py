@@ -414,10 +414,7 @@ class SelfRefScorer(Scorer):
         if branch not in ("auto", "near", "far"):
             raise ValueError(f"branch must be 'auto', 'near' or 'far', got {branch!r}")
         gate = self.config.combine == "gate"
-        # only the gate reads the clipped share, and a clip_limit of 1 never excludes an image: zeros then
-        clipped = clipped_fraction(x) if gate and self.config.clip_limit < 1.0 else x.new_zeros(x.shape[0])
-        f, ctx = self.memory._tap_features(x)
-        d = self.memory.nearest(f)
+        f, d, c, clipped = self._memory_parts(x)
         near = self.near(d, clipped) if gate else torch.zeros(f.shape[0], dtype=torch.bool, device=f.device)
         every = every or not gate or self.config.self_gain > 0.0  # the self-reference sets heights too
         todo = torch.ones_like(near) if every else ~near
@@ -425,10 +422,38 @@ class SelfRefScorer(Scorer):
         if bool(todo.any()):
             which = near[todo] if branch == "auto" else torch.full_like(near[todo], branch == "near")
             s[todo] = self.self_reference(f[todo], which).float()
+        return SelfRefParts(s, d, c, clipped)
+
+    def _memory_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, h, w)``, raw memory distance ``(B, h, w)``, raw
+        context-memory distance (only ``combine="gate"`` reads it; else None), clipped share ``(B,)``)."""
+        gate = self.config.combine == "gate"
+        # only the gate reads the clipped share, and a clip_limit of 1 never excludes an image: zeros then
+        clipped = clipped_fraction(x) if gate and self.config.clip_limit < 1.0 else x.new_zeros(x.shape[0])
+        f, ctx = self.memory._tap_features(x)
+        d = self.memory.nearest(f)
         c = None
         if ctx is not None and gate:
             c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
-        return SelfRefParts(s, d, c, clipped.to(d.device))
+        return f, d, c, clipped.to(d.device)
+
+    @torch.inference_mode()
+    def fit_parts(self, x: torch.Tensor) -> tuple[SelfRefParts, torch.Tensor]:
+        """For fitting, from one trunk pass: :meth:`parts` of every image with the fitted surface's self-reference
+        (``branch="near"``) and the other branch's ``s`` ``(B, h, w)`` (``branch="far"``; the same tensor for
+        models without the classes)."""
+        f, d, c, clipped = self._memory_parts(x)
+        raw = self._raw_self_reference(f)
+        fitted = _scaled(border_normalize(raw, self.config.border), self.position_scale).float()
+        other = fitted
+        if self.config.position_classes > 0:
+            other = _scaled(class_normalize(raw, self.config.position_classes), self.class_scale).float()
+        return SelfRefParts(fitted, d, c, clipped), other
+
+    def _raw_self_reference(self, f: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, C, h, w)`` -> :func:`self_distances` divided by each image's median ``(B, h, w)``."""
+        raw = self_distances(f, self.config.k, self.config.exclude)
+        return raw / raw.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
 
     def self_reference(self, f: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
         """Features ``(B, C, h, w)`` and bool ``(B,)`` -> ``s`` ``(B, h, w)``: :func:`self_distances` divided by its
@@ -438,8 +463,7 @@ class SelfRefScorer(Scorer):
         the fitted handicap is another texture's (models fitted before the classes, ``position_classes=0``: the
         bands for every image)."""
         cfg = self.config
-        raw = self_distances(f, cfg.k, cfg.exclude)
-        raw = raw / raw.flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
+        raw = self._raw_self_reference(f)
         fitted = _scaled(border_normalize(raw, cfg.border), self.position_scale)
         if cfg.position_classes <= 0:
             return fitted
@@ -745,12 +769,9 @@ def fit_selfref(
     )
     scorer = SelfRefScorer(memory, cfg, image_size, grid)
     # each held-out image's self-reference both ways (the scales still ones): the fitted surface's, which sets the
-    # height of a memory-scored image, and the one an image of another surface gets (a second trunk pass)
-    parts = [scorer.parts(x, every=True, branch="near") for x in _batches(hold, image_size, 16)]
-    if cfg.position_classes > 0:
-        other = [scorer.parts(x, every=True, branch="far").s for x in _batches(hold, image_size, 16)]
-    else:  # models without the classes: one self-reference for every image
-        other = [p.s for p in parts]
+    # height of a memory-scored image, and the one an image of another surface gets
+    both = [scorer.fit_parts(x) for x in _batches(hold, image_size, 16)]
+    parts, other = [p for p, _ in both], [t for _, t in both]
     if parts:
         scorer.position_scale = torch.cat([p.s for p in parts]).median(dim=0).values.clamp_min(1e-3).cpu()
         scorer.class_scale = torch.cat(other).median(dim=0).values.clamp_min(1e-3).cpu()
