@@ -46,19 +46,13 @@ def test_sets(data: Path, lighting: bool) -> list[Path]:
     return sets
 
 
-def features_of(folder: Path, size: tuple[int, int]) -> dict[str, Any]:
-    """The trunk features (the default scorer's: flat field, EfficientNet-Lite0 stride 8 + 16, ``(N, C, h, w)``),
-    labels and masks (at ``size``) of a set's test images."""
+def features_of(folder: Path, memory: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The trunk features of ``memory`` (the default scorer's: flat field, EfficientNet-Lite0 stride 8 + 16,
+    ``(N, C, h, w)``), labels and masks (at ``size``) of a set's test images."""
     from patchloupe.data import MVTecCategory, read_image
-    from patchloupe.models.backbone import load_backbone
     from patchloupe.preprocess import resize_for_model
-    from patchloupe.scorers.memory import FeatureMemory, MemoryConfig, to_batch
-    from patchloupe.scorers.selfref import LightingTrunk, SelfRefConfig
+    from patchloupe.scorers.memory import to_batch
 
-    cfg, mcfg = SelfRefConfig(), MemoryConfig()
-    memory = FeatureMemory(
-        mcfg, None, LightingTrunk(load_backbone(None, mcfg.trunk_taps, mcfg.backbone), cfg.normalize, cfg.level)
-    )
     cat = MVTecCategory(folder)
     feats, labels, masks = [], [], []
     with torch.inference_mode():
@@ -118,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         sys.exit(f"no test sets at {data}: run `python benchmarks/robustness.py --medium --sections generated` first")
     ways = ["none", "bands"] + [f"classes-{int(d)}" for d in args.depths.split(",")]
+    from patchloupe.scorers.memory import MemoryConfig
+    from patchloupe.scorers.selfref import SelfRefConfig, _build_memory
+
+    memory = _build_memory(MemoryConfig(), SelfRefConfig())  # the default scorer's trunk, built once
     rows: dict[str, Any] = {}
     t0 = time.perf_counter()
     for folder in test_sets(data, not args.no_lighting):
         name = str(folder.relative_to(data))
-        rows[name] = evaluate(features_of(folder, size), ways, size)
+        rows[name] = evaluate(features_of(folder, memory, size), ways, size)
         log.info("%s: %s", name, {k: round(v["image_auroc"], 3) for k, v in rows[name].items()})
     groups = {"texture": [k for k in rows if not k.startswith("lighting/")],
               "lighting": [k for k in rows if k.startswith("lighting/")]}  # fmt: skip

@@ -464,11 +464,13 @@ class SelfRefScorer(Scorer):
         bands for every image)."""
         cfg = self.config
         raw = self._raw_self_reference(f)
-        fitted = _scaled(border_normalize(raw, cfg.border), self.position_scale)
-        if cfg.position_classes <= 0:
-            return fitted
+        near = near.to(raw.device)
+        if cfg.position_classes <= 0 or bool(near.all()):
+            return _scaled(border_normalize(raw, cfg.border), self.position_scale)
         other = _scaled(class_normalize(raw, cfg.position_classes), self.class_scale)
-        return torch.where(near.to(raw.device)[:, None, None], fitted, other)
+        if not bool(near.any()):
+            return other
+        return torch.where(near[:, None, None], _scaled(border_normalize(raw, cfg.border), self.position_scale), other)
 
     def combine(self, s: torch.Tensor, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
         """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
@@ -783,12 +785,11 @@ def fit_selfref(
         cmed = float(torch.cat([p.c.flatten() for p in parts]).median())
         cfg.context_scale = cmed if math.isfinite(cmed) and cmed > 0 else 1.0
     height = _select_height(scorer, parts, hold, image_size, seed) if cfg.select_height else {}
-    if cfg.position_classes > 0:  # each held-out image as inspect scores it (SelfRefScorer.parts, branch "auto")
-        gate = cfg.combine == "gate"
-        parts = [
-            p._replace(s=torch.where(scorer.near(p.d, p.clipped)[:, None, None], p.s, t) if gate else t)
-            for p, t in zip(parts, other)
-        ]
+    gate = cfg.combine == "gate"  # each held-out image as inspect scores it (SelfRefScorer.parts, branch "auto")
+    parts = [
+        p._replace(s=torch.where(scorer.near(p.d, p.clipped)[:, None, None], p.s, t) if gate else t)
+        for p, t in zip(parts, other)
+    ]
     peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped).amax(dim=(1, 2)) for p in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
