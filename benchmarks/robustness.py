@@ -70,6 +70,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-k32": {"k": 32},
     "selfref-bands": {"position_classes": 0},
     "selfref-ex3": {"exclude": 3},
+    "selfref-blur4": {"memory": {"blur_sigma": 4.0}},
+    "selfref-blur6": {"memory": {"blur_sigma": 6.0}},
 }
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (

@@ -129,6 +129,25 @@ def test_self_distances_exclude_the_neighbourhood() -> None:
         self_distances(torch.randn(1, 4, 3, 3), k=1, exclude=1)
 
 
+def test_self_distances_cached_mask_equals_the_computed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grids up to MASK_CACHE_MAX positions reuse a cached mask; larger ones compute it per chunk: same result
+    (an odd grid walked in uneven chunks, two images)."""
+    import patchloupe.scorers.selfref as selfref
+
+    f = torch.randn(2, 5, 7, 9)
+    cached = self_distances(f, k=3, exclude=2, chunk=10)
+    monkeypatch.setattr(selfref, "MASK_CACHE_MAX", 0)
+    torch.testing.assert_close(self_distances(f, k=3, exclude=2, chunk=10), cached, atol=0, rtol=0)
+    # brute force: each position's 3 nearest outside its 5 x 5 neighbourhood
+    q = f.flatten(2).transpose(1, 2)
+    yy, xx = torch.meshgrid(torch.arange(7), torch.arange(9), indexing="ij")
+    yy, xx = yy.flatten(), xx.flatten()
+    keep = ((yy[:, None] - yy[None]).abs() > 2) | ((xx[:, None] - xx[None]).abs() > 2)
+    d = torch.cdist(q, q).masked_fill(~keep, float("inf"))
+    want = d.topk(3, dim=-1, largest=False).values.mean(-1).reshape(2, 7, 9)
+    torch.testing.assert_close(cached, want, atol=1e-4, rtol=1e-4)
+
+
 def test_position_scale_is_fitted_on_held_out_images(det: Detector) -> None:
     ps = det.scorer.position_scale
     assert ps.shape == (SIZE[0] // 8, SIZE[1] // 8) and not torch.allclose(ps, torch.ones_like(ps))

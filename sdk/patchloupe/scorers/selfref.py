@@ -294,11 +294,16 @@ def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> 
     if kk < 1:
         raise ValueError(f"a {h}x{w} feature map leaves no positions outside exclude={exclude}")
     out = torch.empty(b, n, dtype=q.dtype, device=f.device)
+    # the cached mask (a few MB up to MASK_CACHE_MAX positions) instead of two (chunk, N) index differences per chunk
+    cached = _device_mask(h, w, exclude, str(f.device)) if n <= MASK_CACHE_MAX else None
     for i in range(0, n, chunk):
         qi = q[:, i : i + chunk]
         d2 = torch.baddbmm(sq[:, None, :], qi, q.transpose(1, 2), alpha=-2.0).add_(sq[:, i : i + chunk, None])
-        dy, dx = (yy[i : i + chunk, None] - yy[None]).abs(), (xx[i : i + chunk, None] - xx[None]).abs()
-        near = (dy <= exclude) & (dx <= exclude)
+        if cached is not None:
+            near = cached[i : i + chunk]
+        else:
+            dy, dx = (yy[i : i + chunk, None] - yy[None]).abs(), (xx[i : i + chunk, None] - xx[None]).abs()
+            near = (dy <= exclude) & (dx <= exclude)
         d2.masked_fill_(near[None], float("inf"))
         out[:, i : i + chunk] = d2.topk(kk, dim=-1, largest=False).values.clamp_min_(0.0).sqrt_().mean(-1)
     return out.reshape(b, h, w)
@@ -561,6 +566,17 @@ def exclusion_mask(h: int, w: int, exclude: int) -> torch.Tensor:
     yy, xx = np.divmod(np.arange(h * w), w)
     near = (np.abs(yy[:, None] - yy[None]) <= exclude) & (np.abs(xx[:, None] - xx[None]) <= exclude)
     return torch.from_numpy(near)
+
+
+#: grids of at most this many positions reuse a cached exclusion mask in :func:`self_distances` (4,096: 16 MB)
+MASK_CACHE_MAX = 4096
+
+
+@functools.lru_cache(maxsize=8)
+def _device_mask(h: int, w: int, exclude: int, device: str) -> torch.Tensor:
+    """:func:`exclusion_mask` on ``device`` (cached: the self-reference of every image of a size reuses it)."""
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor: cached, used in and out of inference mode
+        return exclusion_mask(h, w, exclude).to(device)
 
 
 def lower_median(v: torch.Tensor) -> torch.Tensor:
