@@ -288,14 +288,15 @@ def self_distances(f: torch.Tensor, k: int, exclude: int, chunk: int = 1024) -> 
     n = h * w
     q = f.flatten(2).transpose(1, 2).float()  # (B, N, C)
     sq = q.square().sum(-1)  # (B, N)
-    yy = torch.arange(h, device=f.device).repeat_interleave(w)
-    xx = torch.arange(w, device=f.device).repeat(h)
     kk = min(k, n - min(n, (2 * exclude + 1) ** 2))
     if kk < 1:
         raise ValueError(f"a {h}x{w} feature map leaves no positions outside exclude={exclude}")
     out = torch.empty(b, n, dtype=q.dtype, device=f.device)
     # the cached mask (a few MB up to MASK_CACHE_MAX positions) instead of two (chunk, N) index differences per chunk
     cached = _device_mask(h, w, exclude, str(f.device)) if n <= MASK_CACHE_MAX else None
+    if cached is None:
+        yy = torch.arange(h, device=f.device).repeat_interleave(w)
+        xx = torch.arange(w, device=f.device).repeat(h)
     for i in range(0, n, chunk):
         qi = q[:, i : i + chunk]
         d2 = torch.baddbmm(sq[:, None, :], qi, q.transpose(1, 2), alpha=-2.0).add_(sq[:, i : i + chunk, None])
