@@ -72,6 +72,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-ex3": {"exclude": 3},
     "selfref-blur4": {"memory": {"blur_sigma": 4.0}},
     "selfref-blur6": {"memory": {"blur_sigma": 6.0}},
+    "selfref-q50": {"gate_quantile": 0.5},
+    "selfref-q10": {"gate_quantile": 0.1},
 }
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (

@@ -25,6 +25,7 @@ from patchloupe.scorers.selfref import (
     flat_field,
     lighting_copies,
     lower_median,
+    lower_quantile,
     normalize_lighting,
     position_classes,
     self_distances,
@@ -167,6 +168,17 @@ def test_combine_rules(det: Detector) -> None:
     assert torch.equal(low.combine(s, d), torch.full((2, 4, 4), 0.5))
 
 
+def test_gate_reads_a_lower_quantile_so_a_large_defect_stays_with_the_memory(det: Detector) -> None:
+    sc = det.scorer
+    d = torch.full((1, 4, 4), sc.config.memory_scale)
+    d[0, :3] *= 3.0  # 12 of 16 positions far from the memory: a defect over most of a fitted-surface image
+    assert sc.config.gate_quantile == 0.25 and sc.near(d).tolist() == [True]  # 4 matching positions: the 0.25 quantile
+    med = SelfRefScorer(sc.memory, replace(sc.config, gate_quantile=0.5), SIZE, (4, 4), sc.position_scale)
+    assert med.near(d).tolist() == [False]  # the median (models saved before the quantile) sends it to min(s, m)
+    d[0, 3, 1:] *= 3.0  # 15 of 16 far: a changed texture
+    assert sc.near(d).tolist() == [False]
+
+
 def test_gate_takes_the_context_height_for_images_near_the_memory(det: Detector) -> None:
     sc = det.scorer
     assert sc.memory.has_context and sc.config.context_scale != 1.0  # fitted on the held-out images
@@ -288,8 +300,12 @@ def test_clipped_fraction_counts_pixels_at_either_end_of_the_range() -> None:
     img[1, :5] = 1  # 5 pixels clipped low
     img[2, :5] = 2  # 2 and 253 are inside the range
     img[3, :5] = 253
+    img[4, :5, 2] = 254  # 5 more clipped high, 5 more clipped low
+    img[5, 5:, 1] = 0
     x = torch.from_numpy(np.stack([img, np.full_like(img, 255)])).permute(0, 3, 1, 2).float() / 255.0
-    assert clipped_fraction(x).tolist() == pytest.approx([0.15, 1.0])
+    assert clipped_fraction(x).tolist() == pytest.approx([0.25, 1.0])
+    channels_last = torch.from_numpy(np.ascontiguousarray(img[None])).permute(0, 3, 1, 2).float() / 255.0  # to_batch's
+    assert clipped_fraction(channels_last).tolist() == pytest.approx([0.25])
 
 
 def test_clip_limit_is_fitted_and_clipped_images_leave_the_memory_branch(det: Detector) -> None:
@@ -345,6 +361,10 @@ def test_configs_saved_before_the_gate_load_as_min() -> None:
     assert cfg.combine == "min" and cfg.lighting_copies == 0 and cfg.context_scale == 1.0
     assert SelfRefConfig.from_dict({**old, "combine": "gate"}).combine == "gate"
     assert cfg.clip_limit == 1.0 and SelfRefConfig().clip_margin == 0.01  # old models: the gate ignores clipping
+    assert cfg.gate_quantile == 0.5 and SelfRefConfig().gate_quantile == 0.25  # old models: the gate reads the median
+    for q in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="gate_quantile"):
+            SelfRefConfig(gate_quantile=q)
     for bad in ({"clip_limit": 1.5}, {"clip_margin": -0.1}):
         with pytest.raises(ValueError, match="clip_"):
             SelfRefConfig(**bad)
@@ -525,6 +545,16 @@ def test_lower_median_is_torch_median_for_even_and_odd_counts_and_ties(n: int) -
     v = torch.randn(3, n, generator=g)
     v[1] = torch.randint(0, 3, (n,), generator=g).float()  # ties
     torch.testing.assert_close(lower_median(v), v.median(dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(lower_quantile(v, 0.5), lower_median(v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 65])
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.25, 0.9, 1.0])
+def test_lower_quantile_is_torch_quantile_lower(n: int, q: float) -> None:
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(3, n, generator=g)
+    v[1] = torch.randint(0, 3, (n,), generator=g).float()  # ties
+    torch.testing.assert_close(lower_quantile(v, q), torch.quantile(v, q, dim=1, interpolation="lower"), rtol=0, atol=0)
 
 
 def test_exclusion_mask_is_the_chebyshev_neighbourhood() -> None:

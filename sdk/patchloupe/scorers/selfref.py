@@ -31,8 +31,10 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    memory (the memory scorer's, ``context_taps``) its distance divided by its held-out median -> ``c``. The
    copies compete with the training images for the memory size the training images alone would get
    (``copies_grow_memory=False``), so they cost no search time;
-5. ``combine``: ``"gate"`` (default: an image whose median ``m`` is below ``gate`` and whose share of clipped
-   pixels (:func:`clipped_fraction`) is at most ``clip_limit`` (the largest share among the fit's defect-free
+5. ``combine``: ``"gate"`` (default: an image whose lower quartile of ``m`` (``gate_quantile``: a quarter of
+   its positions match the memory, so a defect over most of a fitted-surface image does not leave the memory
+   branch, where the self-reference would match a large defect with itself) is below ``gate`` and whose share of
+   clipped pixels (:func:`clipped_fraction`) is at most ``clip_limit`` (the largest share among the fit's defect-free
    images plus ``clip_margin``), i.e. one that resembles the fitted surface, is scored by the memory alone, as
    the memory scorer scores it: the shape of ``m`` with the height of ``c`` when there is a context memory (or
    the larger of that and the self-reference's height, ``self_gain``, when probe defects chose it at fit:
@@ -115,7 +117,8 @@ class SelfRefConfig:
     normalize: str = "flat"
     level: float = 0.45  # normalize="flat": the mean brightness (in [0, 1]) every image is brought to
     fit_level: bool = False  # fit only: level = the median brightness of the training images
-    gate: float = 2.0  # combine="gate": an image whose median m is below this is scored by the memory alone
+    gate: float = 2.0  # combine="gate": an image whose gate_quantile of m is below this is scored by the memory alone
+    gate_quantile: float = 0.25  # combine="gate": the (lower) quantile of an image's m the gate reads (0.5: median)
     clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
     clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)
     select_height: bool = True  # fit only: let probe defects decide whether the self-reference joins the height
@@ -156,6 +159,9 @@ class SelfRefConfig:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.normalize not in NORMALIZES:
             raise ValueError(f"normalize must be one of {NORMALIZES}, got {self.normalize!r}")
+        if not (0.0 <= float(self.gate_quantile) <= 1.0):
+            raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
+        self.gate_quantile = float(self.gate_quantile)
         for name in ("clip_margin", "clip_limit"):
             v = float(getattr(self, name))
             if not (0.0 <= v <= 1.0):
@@ -171,8 +177,9 @@ class SelfRefConfig:
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
         """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
         ``"gate"`` became it), a missing ``lighting_copies``, ``border`` and ``position_classes`` are 0 and a missing
-        ``clip_limit`` 1, so older models keep their scores."""
-        d = {"combine": "min", "lighting_copies": 0, "border": 0, "position_classes": 0, "clip_limit": 1.0, **d}
+        ``clip_limit`` 1 and a missing ``gate_quantile`` 0.5 (the median), so older models keep their scores."""
+        d = {"combine": "min", "lighting_copies": 0, "border": 0, "position_classes": 0, "clip_limit": 1.0,
+             "gate_quantile": 0.5, **d}  # fmt: skip
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -246,8 +253,9 @@ def clipped_fraction(x: torch.Tensor) -> torch.Tensor:
     """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> ``(B,)`` the share of pixels with a channel at either end of
     the range (<= 1 or >= 254 of 255): clipped pixels carry no texture, and a gain or an illumination gradient
     that clips part of the image moves its features off the memory however the image is normalised."""
-    lo, hi = 1.5 / 255.0, 253.5 / 255.0
-    out = torch.maximum(lo - x, x - hi).amax(dim=1) > 0.0  # written with the operators every exported graph has
+    # |x - 1/2| > 1/2 - 1.5/255 is "<= 1 or >= 254 of 255"; one elementwise pass before the channel maximum (half
+    # the time of the maximum of both ends), written with the operators every exported graph has
+    out = (x - 0.5).abs().amax(dim=1) > 0.5 - 1.5 / 255.0
     return out.flatten(1).float().mean(dim=1)
 
 
@@ -494,9 +502,10 @@ class SelfRefScorer(Scorer):
 
     def near(self, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
         """Raw memory distances ``(B, h, w)`` and the clipped share of each image ``(B,)`` (None: not known, taken
-        as 0) -> bool ``(B,)``: the image resembles the fitted surface (its median scaled memory distance is below
-        ``gate`` and it has no more clipped pixels than ``clip_limit``)."""
-        near = (d / self.config.memory_scale).flatten(1).median(dim=1).values < self.config.gate
+        as 0) -> bool ``(B,)``: the image resembles the fitted surface (the ``gate_quantile`` of its scaled memory
+        distance is below ``gate`` and it has no more clipped pixels than ``clip_limit``)."""
+        m = (d / self.config.memory_scale).flatten(1)
+        near = lower_quantile(m, self.config.gate_quantile) < self.config.gate
         return near if clipped is None else near & (clipped.to(near.device) <= self.config.clip_limit)
 
     def blend(
@@ -578,6 +587,14 @@ def _device_mask(h: int, w: int, exclude: int, device: str) -> torch.Tensor:
     """:func:`exclusion_mask` on ``device`` (cached: the self-reference of every image of a size reuses it)."""
     with torch.inference_mode(False), torch.no_grad():  # a plain tensor: cached, used in and out of inference mode
         return exclusion_mask(h, w, exclude).to(device)
+
+
+def lower_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """``(B, N)`` -> ``(B,)`` the lower ``q``-quantile, the ``floor(q (N - 1))``-th smallest value (0-based; ``q=0.5``
+    is :func:`lower_median`), as the largest of the ``floor(q (N - 1)) + 1`` smallest (ONNX TopK: no quantile op)."""
+    n = int(v.shape[1])  # int(): a constant K when traced
+    k = min(n, int(math.floor(q * (n - 1) + 1e-9)) + 1)
+    return v.topk(k, dim=1, largest=False).values.amax(1)
 
 
 def lower_median(v: torch.Tensor) -> torch.Tensor:
@@ -666,8 +683,9 @@ class SelfRefGraph(MemoryGraph):
     The lighting normalisation (``config.normalize``, in float32), the trunk and the memory searches are
     :class:`MemoryGraph`'s (the fine and context memories walked in runs of ``chunk`` rows); the
     self-reference is :func:`self_distances` with its exclusion mask a constant and TopK for the ``k`` nearest;
-    the per-image medians (of ``s``, of its border bands and of the scaled memory distance for the gate) are
-    :func:`lower_median`, those of the position classes (:func:`class_normalize`) one TopK over constant gathers;
+    the per-image medians (of ``s`` and of its border bands) are :func:`lower_median`, the gate's quantile of the
+    scaled memory distance :func:`lower_quantile`, those of the position classes (:func:`class_normalize`) one TopK
+    over constant gathers;
     the gate also reads the clipped share (:func:`clipped_fraction`) and picks each image's self-reference (the
     bands and ``position_scale`` for a gated image, the classes and ``class_scale`` for the others, as
     :meth:`SelfRefScorer.self_reference`); then ``combine``, the height of a gated
@@ -719,8 +737,8 @@ class SelfRefGraph(MemoryGraph):
         f, proj = self._features(x, context=self.use_context)
         m = self._nearest(f, self.bank) / cfg.memory_scale
         near = None
-        if cfg.combine == "gate":  # SelfRefScorer.near: median scaled memory distance below the gate, few clipped
-            near = lower_median(m.flatten(1)) < cfg.gate
+        if cfg.combine == "gate":  # SelfRefScorer.near: the quantile of the scaled memory distance below the gate
+            near = lower_quantile(m.flatten(1), cfg.gate_quantile) < cfg.gate
             if clipped is not None:  # "and" in float: the exported graph has no And on every runtime
                 near = near.float() * (1.0 - (clipped > cfg.clip_limit).float()) > 0.5
             near = near[:, None, None]
