@@ -26,10 +26,10 @@ def test_topk_problem_names_tensorrts_limit(small_selfref_detector, tmp_path) ->
 
     write_onnx(small_selfref_detector.scorer, tmp_path / "s.onnx", simplify=False)
     graph = onnx.load(str(tmp_path / "s.onnx"))
-    # k = 8 nearest positions, the two medians over the 8 x 8 positions of a 64 x 64 image (K = 32), the medians
-    # of the four 8-cell border bands (K = 4) and the smaller halves of the position classes (at most 8 cells, K = 4):
-    # constants
-    assert sorted(topk_sizes(graph)) == [4, 4, 4, 4, 4, 8, 32, 32] and topk_problem(graph) is None
+    # k = 8 nearest positions, the self-reference's median over the 8 x 8 positions of a 64 x 64 image (K = 32),
+    # the gate's lower quartile of them (K = floor(0.25 * 63) + 1 = 16), the medians of the four 8-cell border bands
+    # (K = 4) and the smaller halves of the position classes (at most 8 cells, K = 4): constants
+    assert sorted(topk_sizes(graph)) == [4, 4, 4, 4, 4, 8, 16, 32] and topk_problem(graph) is None
     k = helper.make_tensor("k", TensorProto.INT64, [1], [TOPK_MAX + 1])
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * TOPK_MAX])
     v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, TOPK_MAX + 1])
