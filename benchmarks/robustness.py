@@ -74,6 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-blur6": {"memory": {"blur_sigma": 6.0}},
     "selfref-q50": {"gate_quantile": 0.5},
     "selfref-q10": {"gate_quantile": 0.1},
+    "selfref-nocap": {"clip_cells": 1.0},
 }
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (

@@ -190,7 +190,8 @@ def test_selfref_graph_at_a_size_not_divisible_by_8_matches_infer(tiny_pattern_d
     [{}, {"self_gain": 0.8, "self_offset": 0.3}, {"level": 0.6}, {"position_classes": 0}, {"position_classes": 2},
      {"combine": "min"}, {"combine": "mean"},
      {"combine": "self"}, {"combine": "memory"},
-     {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"}],
+     {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"},
+     {"clip_cells": 1.0}, {"gate_quantile": 0.5}],
     ids=lambda c: "-".join(map(str, c.values())) or "default",
 )  # fmt: skip
 def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normalize(
@@ -205,8 +206,10 @@ def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normal
     # surfaces like the training ones, with and without a hole, noise, a rotated surface and one a gain clips: both
     # sides of the gate
     bright = np.clip(striped_surface(4).astype(np.float32) * 1.7, 0, 255).astype(np.uint8)
+    burnt = striped_surface(5)
+    burnt[:, :40] = 255  # most of the image saturated: its cells are capped in min(s, m)
     x = np.stack([striped_surface(s + 50, hole=s % 2 == 1) for s in range(3)] + [random_image(1, (64, 64, 3))]
-                 + [np.rot90(striped_surface(3)).copy(), bright])  # fmt: skip
+                 + [np.rot90(striped_surface(3)).copy(), burnt, bright])  # fmt: skip
     image, patch, amap = sess.run(None, {"images": x})
     want_patch, want_map = scorer.infer(x)
     assert np.abs(amap - want_map).max() <= 1e-5
@@ -218,3 +221,6 @@ def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normal
         p = scorer.parts(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
         assert set(scorer.near(p.d, p.clipped).tolist()) == {True, False}
         assert scorer.near(p.d)[-1] and not scorer.near(p.d, p.clipped)[-1]  # the clipped image: off by its clipping
+        assert p.cells is not None and bool((p.cells[-2] > scorer.config.clip_cells).any())  # the burnt image
+        _, uncapped = _selfref_variant(small_selfref_detector, clip_cells=1.0).infer(x)
+        assert np.abs(uncapped[-2] - want_map[-2]).max() > 1e-3  # the cap is exercised, and the graph has it

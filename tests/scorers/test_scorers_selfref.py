@@ -18,7 +18,11 @@ from patchloupe.scorers.selfref import (
     SelfRefConfig,
     SelfRefScorer,
     border_normalize,
+    cap_clipped,
+    cell_average_matrix,
+    cell_share,
     class_normalize,
+    clipped_cells,
     clipped_fraction,
     exclusion_mask,
     fit_selfref,
@@ -209,13 +213,13 @@ def test_images_near_the_memory_skip_the_self_reference_and_keep_their_maps(det:
     sc = det.scorer
     imgs = [_texture(300), _texture(301, "stripes"), _with_defect(_texture(302))]  # near, far, near with a defect
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-    s, d, c, clipped = sc.parts(x)
-    s_all, d_all, c_all, _ = sc.parts(x, every=True)
+    s, d, c, clipped, cells = sc.parts(x)
+    s_all, d_all, c_all, _, _ = sc.parts(x, every=True)
     near = sc.near(d, clipped)
     assert near.tolist() == [True, False, True]
     assert torch.isinf(s[near]).all() and torch.equal(s[~near], s_all[~near]) and torch.isfinite(s_all).all()
     assert torch.equal(d, d_all) and torch.equal(c, c_all)
-    assert torch.allclose(sc.raw_map(x), sc.blend(s_all, d_all, c_all, SIZE, clipped))  # the skipped s: unused
+    assert torch.allclose(sc.raw_map(x), sc.blend(s_all, d_all, c_all, SIZE, clipped, cells))  # the skipped s: unused
 
 
 def test_level_is_fixed_or_the_training_images_median_brightness(det: Detector) -> None:
@@ -323,6 +327,49 @@ def test_clip_limit_is_fitted_and_clipped_images_leave_the_memory_branch(det: De
     assert torch.equal(mixed[1], torch.minimum(p.s[1], p.d[1] / sc.config.memory_scale))
     off = SelfRefScorer(sc.memory, replace(sc.config, clip_limit=1.0), SIZE, sc.grid, sc.position_scale, sc.class_scale)
     assert off.near(p.d, p.clipped).tolist()[1]  # clip_limit 1 (models saved before it): the median alone
+
+
+def test_mostly_clipped_cells_are_capped_at_normal_in_min_s_m(det: Detector) -> None:
+    sc = det.scorer
+    assert sc.config.clip_cells == 0.5  # the default
+    good = _texture(304)
+    burnt = good.copy()
+    burnt[:, : SIZE[1] // 2] = 255  # the left half saturated: no texture there
+    x = torch.from_numpy(np.stack([good, burnt])).permute(0, 3, 1, 2).float() / 255.0
+    p = sc.parts(x)
+    assert p.cells is not None and p.cells.shape == p.d.shape  # an image goes to min(s, m): the shares are computed
+    torch.testing.assert_close(p.cells, clipped_cells(x, p.d.shape[-2:]))
+    assert bool((p.cells[1, :, : p.d.shape[-1] // 2] == 1.0).all()) and float(p.cells[1, :, -1].max()) == 0.0
+    far = torch.minimum(p.s[1], p.d[1] / sc.config.memory_scale)
+    capped = sc.combine(p.s, p.d, p.clipped, p.cells)[1]
+    left = p.cells[1] > 0.5
+    assert torch.equal(capped[left], far[left].clamp_max(1.0)) and torch.equal(capped[~left], far[~left])
+    assert torch.equal(sc.combine(p.s, p.d, p.clipped)[1], far)  # no shares: no cap
+    off = SelfRefScorer(sc.memory, replace(sc.config, clip_cells=1.0), SIZE, sc.grid, sc.position_scale, sc.class_scale)
+    assert off.parts(x).cells is None and torch.equal(off.combine(p.s, p.d, p.clipped, p.cells)[1], far)
+    assert sc.parts(x[:1]).cells is None  # every image scored by the memory: nothing to cap, nothing computed
+    raw = sc.raw_map(x)
+    torch.testing.assert_close(raw, sc.blend(p.s, p.d, p.c, SIZE, p.clipped, p.cells))
+    with pytest.raises(ValueError, match="clip_cells"):
+        SelfRefConfig(clip_cells=1.5)
+    assert SelfRefConfig.from_dict({"k": 8}).clip_cells == 1.0  # models saved before it: no cap
+
+
+@pytest.mark.parametrize("n_in,n_out", [(256, 32), (250, 32), (7, 3), (5, 5), (3, 7)])
+def test_cell_average_matrix_is_adaptive_average_pooling(n_in: int, n_out: int) -> None:
+    v = torch.randn(2, 4, n_in, generator=torch.Generator().manual_seed(n_in))
+    want = torch.nn.functional.adaptive_avg_pool1d(v, n_out)
+    torch.testing.assert_close(v @ cell_average_matrix(n_in, n_out).T, want)
+    px = torch.rand(2, n_in, n_in + 3, generator=torch.Generator().manual_seed(1)) > 0.7
+    pooled = torch.nn.functional.adaptive_avg_pool2d(px.float()[:, None], (n_out, n_out + 1))[:, 0]
+    torch.testing.assert_close(cell_share(px, (n_out, n_out + 1)), pooled)
+
+
+def test_cap_clipped_caps_only_cells_above_the_limit() -> None:
+    far = torch.tensor([[[0.5, 3.0], [3.0, 3.0]]])
+    cells = torch.tensor([[[0.9, 0.9], [0.5, 0.1]]])
+    assert cap_clipped(far, cells, 0.5).tolist() == [[[0.5, 1.0], [3.0, 3.0]]]  # 0.5 is not above the limit
+    assert torch.equal(cap_clipped(far, cells, 1.0), far) and torch.equal(cap_clipped(far, None, 0.5), far)
 
 
 def test_lighting_copies_are_bounded_seeded_and_changed() -> None:

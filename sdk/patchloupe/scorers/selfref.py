@@ -39,7 +39,9 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    the memory scorer scores it: the shape of ``m`` with the height of ``c`` when there is a context memory (or
    the larger of that and the self-reference's height, ``self_gain``, when probe defects chose it at fit:
    :meth:`SelfRefScorer.height_map`); any other image, e.g. after a change of texture or a gain that clips part
-   of it, by ``min(s, m)``: normal when either reference matches), ``"min"``, ``"mean"``, ``"self"`` or
+   of it, by ``min(s, m)``: normal when either reference matches; at most 1 on a cell whose pixels are more than
+   ``clip_cells`` clipped, since clipped pixels carry no texture to compare: :func:`cap_clipped`), ``"min"``,
+   ``"mean"``, ``"self"`` or
    ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
@@ -103,6 +105,7 @@ class SelfRefParts(NamedTuple):
     d: torch.Tensor  # (B, h, w) raw distance to the fine memory
     c: torch.Tensor | None  # (B, h', w') raw distance to the context memory, None without one
     clipped: torch.Tensor  # (B,) share of clipped pixels (clipped_fraction)
+    cells: torch.Tensor | None = None  # (B, h, w) share of clipped pixels per feature cell (clipped_cells), or None
 
 
 @dataclass
@@ -121,6 +124,7 @@ class SelfRefConfig:
     gate_quantile: float = 0.25  # combine="gate": the (lower) quantile of an image's m the gate reads (0.5: median)
     clip_margin: float = 0.01  # fit only: clip_limit = the largest clipped share of the fit's images + this
     clip_limit: float = 1.0  # combine="gate": an image with more clipped pixels goes to min(s, m) (1: never)
+    clip_cells: float = 0.5  # combine="gate": min(s, m) is at most 1 on cells with more clipped pixels (1: off)
     select_height: bool = True  # fit only: let probe defects decide whether the self-reference joins the height
     self_gain: float = 0.0  # combine="gate": a memory-scored image's height also counts gain * s + offset (0: off)
     self_offset: float = 0.0
@@ -162,7 +166,7 @@ class SelfRefConfig:
         if not (0.0 <= float(self.gate_quantile) <= 1.0):
             raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
         self.gate_quantile = float(self.gate_quantile)
-        for name in ("clip_margin", "clip_limit"):
+        for name in ("clip_margin", "clip_limit", "clip_cells"):
             v = float(getattr(self, name))
             if not (0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -177,9 +181,10 @@ class SelfRefConfig:
     def from_dict(cls, d: dict[str, Any]) -> SelfRefConfig:
         """Config from ``asdict`` output; a missing ``combine`` is ``"min"`` (the default of models saved before
         ``"gate"`` became it), a missing ``lighting_copies``, ``border`` and ``position_classes`` are 0 and a missing
-        ``clip_limit`` 1 and a missing ``gate_quantile`` 0.5 (the median), so older models keep their scores."""
+        ``clip_limit`` and ``clip_cells`` 1 and a missing ``gate_quantile`` 0.5 (the median), so older models keep
+        their scores."""
         d = {"combine": "min", "lighting_copies": 0, "border": 0, "position_classes": 0, "clip_limit": 1.0,
-             "gate_quantile": 0.5, **d}  # fmt: skip
+             "clip_cells": 1.0, "gate_quantile": 0.5, **d}  # fmt: skip
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -249,14 +254,53 @@ def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
     return (x * (level / plane.clamp_min(0.02))[:, None]).clamp_(0.0, 1.0)
 
 
-def clipped_fraction(x: torch.Tensor) -> torch.Tensor:
-    """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> ``(B,)`` the share of pixels with a channel at either end of
-    the range (<= 1 or >= 254 of 255): clipped pixels carry no texture, and a gain or an illumination gradient
-    that clips part of the image moves its features off the memory however the image is normalised."""
+def clipped_pixels(x: torch.Tensor) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> bool ``(B, H, W)``: a channel at either end of the range (<= 1
+    or >= 254 of 255)."""
     # |x - 1/2| > 1/2 - 1.5/255 is "<= 1 or >= 254 of 255"; one elementwise pass before the channel maximum (half
     # the time of the maximum of both ends), written with the operators every exported graph has
-    out = (x - 0.5).abs().amax(dim=1) > 0.5 - 1.5 / 255.0
-    return out.flatten(1).float().mean(dim=1)
+    return (x - 0.5).abs().amax(dim=1) > 0.5 - 1.5 / 255.0
+
+
+def clipped_fraction(x: torch.Tensor) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> ``(B,)`` the share of clipped pixels (:func:`clipped_pixels`):
+    clipped pixels carry no texture, and a gain or an illumination gradient that clips part of the image moves its
+    features off the memory however the image is normalised."""
+    return clipped_pixels(x).flatten(1).float().mean(dim=1)
+
+
+@functools.lru_cache(maxsize=32)
+def cell_average_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """float32 ``(n_out, n_in)``: row ``i`` averages samples ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in /
+    n_out) - 1`` (``adaptive_avg_pool``'s windows, as a matrix: a constant in a traced graph; read-only)."""
+    a = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return torch.from_numpy(a)
+
+
+def cell_share(px: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """bool ``(B, H, W)`` -> float32 ``(B, h, w)`` the share of true pixels in each cell of the ``h x w`` feature
+    grid (``adaptive_avg_pool2d``'s cells, as two matrix products with constant matrices)."""
+    a_h = cell_average_matrix(int(px.shape[-2]), int(grid[0])).to(px.device)
+    a_w = cell_average_matrix(int(px.shape[-1]), int(grid[1])).to(px.device)
+    return a_h @ px.float() @ a_w.T
+
+
+def clipped_cells(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> ``(B, h, w)`` the share of clipped pixels (:func:`clipped_pixels`) in each
+    cell of the ``h x w`` feature grid (:func:`cell_share`)."""
+    return cell_share(clipped_pixels(x), grid)
+
+
+def cap_clipped(far: torch.Tensor, cells: torch.Tensor | None, limit: float) -> torch.Tensor:
+    """``min(s, m)`` ``(B, h, w)`` -> the same, at most 1 (normal) on cells whose clipped share ``cells`` ``(B, h, w)``
+    is above ``limit``: clipped pixels carry no texture to compare, so a cell that is mostly clipped is no evidence
+    of a defect (unchanged for ``cells`` None or ``limit`` >= 1)."""
+    if cells is None or limit >= 1.0:
+        return far
+    return torch.where(cells > limit, far.clamp_max(1.0), far)
 
 
 class LightingTrunk(nn.Module):
@@ -436,7 +480,10 @@ class SelfRefScorer(Scorer):
         if bool(todo.any()):
             which = near[todo] if branch == "auto" else torch.full_like(near[todo], branch == "near")
             s[todo] = self.self_reference(f[todo], which).float()
-        return SelfRefParts(s, d, c, clipped)
+        cells = None  # only min(s, m) reads them: computed when an image goes there
+        if gate and self.config.clip_cells < 1.0 and not bool(near.all()):
+            cells = clipped_cells(x, d.shape[-2:]).to(d.device)
+        return SelfRefParts(s, d, c, clipped, cells)
 
     def _memory_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, h, w)``, raw memory distance ``(B, h, w)``, raw
@@ -462,7 +509,8 @@ class SelfRefScorer(Scorer):
         other = fitted
         if self.config.position_classes > 0:
             other = _scaled(class_normalize(raw, self.config.position_classes), self.class_scale).float()
-        return SelfRefParts(fitted, d, c, clipped), other
+        cells = clipped_cells(x, d.shape[-2:]).to(d.device) if self.config.clip_cells < 1.0 else None
+        return SelfRefParts(fitted, d, c, clipped, cells), other
 
     def _raw_self_reference(self, f: torch.Tensor) -> torch.Tensor:
         """Features ``(B, C, h, w)`` -> :func:`self_distances` divided by each image's median ``(B, h, w)``."""
@@ -486,16 +534,20 @@ class SelfRefScorer(Scorer):
             return other
         return torch.where(near[:, None, None], _scaled(border_normalize(raw, cfg.border), self.position_scale), other)
 
-    def combine(self, s: torch.Tensor, d: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
+    def combine(
+        self, s: torch.Tensor, d: torch.Tensor, clipped: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(``s``, raw memory distance ``d``) ``(B, h, w)`` -> the combined map ``(B, h, w)`` at the feature grid
         (``"gate"``: before the context memory sets the height of the memory-scored images, see :meth:`blend`;
-        ``clipped`` ``(B,)`` as in :meth:`near`)."""
+        ``clipped`` ``(B,)`` as in :meth:`near`; ``cells`` ``(B, h, w)`` the clipped share per cell, which caps
+        ``min(s, m)`` at 1 where above ``clip_cells``: :func:`cap_clipped`)."""
         m = d / self.config.memory_scale
         how = self.config.combine
         if how == "min":
             return torch.minimum(s, m)
         if how == "gate":  # the image resembles the fitted surface: the memory alone; else either reference
-            return torch.where(self.near(d, clipped)[:, None, None], m, torch.minimum(s, m))
+            far = cap_clipped(torch.minimum(s, m), cells, self.config.clip_cells)
+            return torch.where(self.near(d, clipped)[:, None, None], m, far)
         if how == "mean":
             return 0.5 * (s + m)
         return s if how == "self" else m
@@ -515,18 +567,19 @@ class SelfRefScorer(Scorer):
         c: torch.Tensor | None,
         size: tuple[int, int],
         clipped: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The parts -> the combined map upsampled to ``size`` and blurred ``(B, H, W)`` (unnormalised). With a
         context memory, a memory-scored image keeps its map's shape and takes the height of ``c / context_scale``
         (``patchloupe.scorers.memory.rescale_to_peak``: how the memory scorer ranks images), or with ``self_gain``
         the larger of that and the self-reference's height in the same units (:meth:`height_map`)."""
         if c is None:
-            return self.memory._blurred(self.combine(s, d, clipped), size)
+            return self.memory._blurred(self.combine(s, d, clipped, cells), size)
         near = self.near(d, clipped)
         if self.config.combine == "gate" and bool(near.all()):  # the usual batch on the fitted surface: m alone
             m = self.memory._blurred(d / self.config.memory_scale, size)
             return rescale_to_peak(m, self.height_map(s, c, size))
-        out = self.memory._blurred(self.combine(s, d, clipped), size)
+        out = self.memory._blurred(self.combine(s, d, clipped, cells), size)
         ctx = rescale_to_peak(out, self.height_map(s, c, size))
         return torch.where(near[:, None, None], ctx, out)
 
@@ -544,8 +597,8 @@ class SelfRefScorer(Scorer):
     @torch.inference_mode()
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
         """RGB float ``(B, 3, H, W)`` -> combined map upsampled and blurred ``(B, H, W)`` (unnormalised)."""
-        s, d, c, clipped = self.parts(x)
-        return self.blend(s, d, c, x.shape[-2:], clipped)
+        s, d, c, clipped, cells = self.parts(x)
+        return self.blend(s, d, c, x.shape[-2:], clipped, cells)
 
     @torch.inference_mode()
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -732,7 +785,9 @@ class SelfRefGraph(MemoryGraph):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, size = self.selfref, self.image_size
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        clipped = clipped_fraction(x) if cfg.combine == "gate" and cfg.clip_limit < 1.0 else None
+        gate = cfg.combine == "gate"
+        px = clipped_pixels(x) if gate and min(cfg.clip_limit, cfg.clip_cells) < 1.0 else None
+        clipped = px.flatten(1).float().mean(dim=1) if px is not None and cfg.clip_limit < 1.0 else None
         x = self._normalize(x)
         f, proj = self._features(x, context=self.use_context)
         m = self._nearest(f, self.bank) / cfg.memory_scale
@@ -751,7 +806,10 @@ class SelfRefGraph(MemoryGraph):
         if cfg.combine == "min":
             comb = torch.minimum(s, m)
         elif near is not None:
-            comb = torch.where(near, m, torch.minimum(s, m))
+            far = torch.minimum(s, m)
+            if px is not None and cfg.clip_cells < 1.0:  # SelfRefScorer.combine: cap_clipped on clipped_cells
+                far = cap_clipped(far, cell_share(px, (int(m.shape[-2]), int(m.shape[-1]))), cfg.clip_cells)
+            comb = torch.where(near, m, far)
         elif cfg.combine == "mean":
             comb = 0.5 * (s + m)
         else:
@@ -825,7 +883,7 @@ def fit_selfref(
         p._replace(s=torch.where(scorer.near(p.d, p.clipped)[:, None, None], p.s, t) if gate else t)
         for p, t in zip(parts, other)
     ]
-    peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped).amax(dim=(1, 2)) for p in parts])
+    peaks = torch.cat([scorer.blend(*p[:3], image_size, p.clipped, p.cells).amax(dim=(1, 2)) for p in parts])
     scale = float(peaks.mean())
     cfg.scale = scale if math.isfinite(scale) and scale > 0 else 1.0
     scores = (-torch.expm1(-peaks / cfg.scale)).tolist()
