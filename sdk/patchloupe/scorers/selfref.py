@@ -41,8 +41,7 @@ Pipeline for a batch of RGB images resized to the detector's ``image_size`` ``(B
    :meth:`SelfRefScorer.height_map`); any other image, e.g. after a change of texture or a gain that clips part
    of it, by ``min(s, m)``: normal when either reference matches; at most 1 on a cell whose pixels are more than
    ``clip_cells`` clipped, since clipped pixels carry no texture to compare: :func:`cap_clipped`), ``"min"``,
-   ``"mean"``, ``"self"`` or
-   ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
+   ``"mean"``, ``"self"`` or ``"memory"`` of ``s`` and ``m``; upsampled and Gaussian-blurred like the memory map, then
    ``1 - exp(-d / scale)`` with ``scale`` the mean held-out image peak.
 
 :class:`SelfRefScorer` is a ``Scorer`` with ``pixel_rule = "resize"`` (the field is the map at the model
@@ -741,7 +740,8 @@ class SelfRefGraph(MemoryGraph):
     over constant gathers;
     the gate also reads the clipped share (:func:`clipped_fraction`) and picks each image's self-reference (the
     bands and ``position_scale`` for a gated image, the classes and ``class_scale`` for the others, as
-    :meth:`SelfRefScorer.self_reference`); then ``combine``, the height of a gated
+    :meth:`SelfRefScorer.self_reference`); then ``combine`` (``min(s, m)`` capped on the mostly clipped cells,
+    :func:`cell_share` as two products with constant matrices), the height of a gated
     image (the context memory's, with ``self_gain`` its maximum with the self-reference's), the upsampling + blur
     and ``1 - exp(-d / scale)``
     as :meth:`SelfRefScorer.blend` and :meth:`SelfRefScorer.infer` compute them. ``half`` runs the trunk in
