@@ -191,7 +191,7 @@ def test_selfref_graph_at_a_size_not_divisible_by_8_matches_infer(tiny_pattern_d
      {"combine": "min"}, {"combine": "mean"},
      {"combine": "self"}, {"combine": "memory"},
      {"normalize": "logplane"}, {"normalize": "plane"}, {"normalize": "none", "combine": "min"},
-     {"clip_cells": 1.0}, {"gate_quantile": 0.5}],
+     {"clip_cells": 1.0}, {"clip_limit": 1.0}, {"gate_quantile": 0.5}, {"gate_quantile": 0.9}],
     ids=lambda c: "-".join(map(str, c.values())) or "default",
 )  # fmt: skip
 def test_selfref_graph_in_onnxruntime_matches_infer_for_every_combine_and_normalize(

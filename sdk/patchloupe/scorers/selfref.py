@@ -276,7 +276,8 @@ def cell_average_matrix(n_in: int, n_out: int) -> torch.Tensor:
     for i in range(n_out):
         lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
         a[i, lo:hi] = 1.0 / (hi - lo)
-    return torch.from_numpy(a)
+    with torch.inference_mode(False):  # a plain tensor: cached, used in and out of inference mode
+        return torch.from_numpy(a)
 
 
 def cell_share(px: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -467,7 +468,9 @@ class SelfRefScorer(Scorer):
         :meth:`height_map`), any other image the self-reference of a surface the fit never saw (``"far"``: position
         classes and ``class_scale``); ``"near"`` / ``"far"`` force one for every image. With ``combine="gate"`` a
         memory-scored image does not need ``s``: unless ``every`` or ``self_gain`` > 0, its self-reference search is
-        skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``)."""
+        skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``). ``cells``, the clipped share per feature
+        cell (:func:`clipped_cells`), is None unless ``combine="gate"``, ``clip_cells`` < 1 and an image of the batch
+        goes to ``min(s, m)`` (only there is it read)."""
         if branch not in ("auto", "near", "far"):
             raise ValueError(f"branch must be 'auto', 'near' or 'far', got {branch!r}")
         gate = self.config.combine == "gate"
@@ -508,7 +511,8 @@ class SelfRefScorer(Scorer):
         other = fitted
         if self.config.position_classes > 0:
             other = _scaled(class_normalize(raw, self.config.position_classes), self.class_scale).float()
-        cells = clipped_cells(x, d.shape[-2:]).to(d.device) if self.config.clip_cells < 1.0 else None
+        cap = self.config.combine == "gate" and self.config.clip_cells < 1.0  # only the gate's min(s, m) reads them
+        cells = clipped_cells(x, d.shape[-2:]).to(d.device) if cap else None
         return SelfRefParts(fitted, d, c, clipped, cells), other
 
     def _raw_self_reference(self, f: torch.Tensor) -> torch.Tensor:
@@ -642,11 +646,14 @@ def _device_mask(h: int, w: int, exclude: int, device: str) -> torch.Tensor:
 
 
 def lower_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
-    """``(B, N)`` -> ``(B,)`` the lower ``q``-quantile, the ``floor(q (N - 1))``-th smallest value (0-based; ``q=0.5``
-    is :func:`lower_median`), as the largest of the ``floor(q (N - 1)) + 1`` smallest (ONNX TopK: no quantile op)."""
+    """``(B, N)`` -> ``(B,)`` the lower ``q``-quantile, the ``i = floor(q (N - 1))``-th smallest value (0-based;
+    ``q=0.5`` is :func:`lower_median`), as the largest of the ``i + 1`` smallest, or above the median as the smallest
+    of the ``N - i`` largest (ONNX TopK, with K at most the median's: TensorRT's TopK limit; no quantile op)."""
     n = int(v.shape[1])  # int(): a constant K when traced
-    k = min(n, int(math.floor(q * (n - 1) + 1e-9)) + 1)
-    return v.topk(k, dim=1, largest=False).values.amax(1)
+    i = min(n - 1, int(math.floor(q * (n - 1) + 1e-9)))  # (the 1e-9: q (N - 1) a float's width below an integer)
+    if n - i < i + 1:  # above the median: the smallest of the n - i largest, so K stays <= (N + 1) // 2 (TensorRT)
+        return v.topk(n - i, dim=1, largest=True).values.amin(1)
+    return v.topk(i + 1, dim=1, largest=False).values.amax(1)
 
 
 def lower_median(v: torch.Tensor) -> torch.Tensor:
@@ -738,7 +745,7 @@ class SelfRefGraph(MemoryGraph):
     the per-image medians (of ``s`` and of its border bands) are :func:`lower_median`, the gate's quantile of the
     scaled memory distance :func:`lower_quantile`, those of the position classes (:func:`class_normalize`) one TopK
     over constant gathers;
-    the gate also reads the clipped share (:func:`clipped_fraction`) and picks each image's self-reference (the
+    the gate also reads the clipped share (:func:`clipped_pixels`, averaged) and picks each image's self-reference (the
     bands and ``position_scale`` for a gated image, the classes and ``class_scale`` for the others, as
     :meth:`SelfRefScorer.self_reference`); then ``combine`` (``min(s, m)`` capped on the mostly clipped cells,
     :func:`cell_share` as two products with constant matrices), the height of a gated
