@@ -474,7 +474,7 @@ class SelfRefScorer(Scorer):
         if branch not in ("auto", "near", "far"):
             raise ValueError(f"branch must be 'auto', 'near' or 'far', got {branch!r}")
         gate = self.config.combine == "gate"
-        f, d, c, clipped = self._memory_parts(x)
+        f, d, c, clipped, px = self._memory_parts(x)
         near = self.near(d, clipped) if gate else torch.zeros(f.shape[0], dtype=torch.bool, device=f.device)
         every = every or not gate or self.config.self_gain > 0.0  # the self-reference sets heights too
         todo = torch.ones_like(near) if every else ~near
@@ -484,35 +484,44 @@ class SelfRefScorer(Scorer):
             s[todo] = self.self_reference(f[todo], which).float()
         cells = None  # only min(s, m) reads them: computed when an image goes there
         if gate and self.config.clip_cells < 1.0 and not bool(near.all()):
-            cells = clipped_cells(x, d.shape[-2:]).to(d.device)
+            cells = self._cells(x, px, d.shape[-2:]).to(d.device)
         return SelfRefParts(s, d, c, clipped, cells)
 
-    def _memory_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _memory_parts(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """RGB float ``(B, 3, H, W)`` -> (features ``(B, C, h, w)``, raw memory distance ``(B, h, w)``, raw
-        context-memory distance (only ``combine="gate"`` reads it; else None), clipped share ``(B,)``)."""
+        context-memory distance (only ``combine="gate"`` reads it; else None), clipped share ``(B,)``, and the
+        clipped pixels ``(B, H, W)`` (:func:`clipped_pixels`) when the share was measured, else None)."""
         gate = self.config.combine == "gate"
         # only the gate reads the clipped share, and a clip_limit of 1 never excludes an image: zeros then
-        clipped = clipped_fraction(x) if gate and self.config.clip_limit < 1.0 else x.new_zeros(x.shape[0])
+        px = clipped_pixels(x) if gate and self.config.clip_limit < 1.0 else None
+        clipped = px.flatten(1).float().mean(dim=1) if px is not None else x.new_zeros(x.shape[0])
         f, ctx = self.memory._tap_features(x)
         d = self.memory.nearest(f)
         c = None
         if ctx is not None and gate:
             c = self.memory.nearest(self.memory._project(ctx), bank=self.memory.context_bank)
-        return f, d, c, clipped.to(d.device)
+        return f, d, c, clipped.to(d.device), px
+
+    def _cells(self, x: torch.Tensor, px: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+        """The clipped share per feature cell ``(B, h, w)`` (:func:`clipped_cells`), from ``px`` when
+        :meth:`_memory_parts` measured it."""
+        return cell_share(clipped_pixels(x) if px is None else px, grid)
 
     @torch.inference_mode()
     def fit_parts(self, x: torch.Tensor) -> tuple[SelfRefParts, torch.Tensor]:
         """For fitting, from one trunk pass: :meth:`parts` of every image with the fitted surface's self-reference
         (``branch="near"``) and the other branch's ``s`` ``(B, h, w)`` (``branch="far"``; the same tensor for
         models without the classes)."""
-        f, d, c, clipped = self._memory_parts(x)
+        f, d, c, clipped, px = self._memory_parts(x)
         raw = self._raw_self_reference(f)
         fitted = _scaled(border_normalize(raw, self.config.border), self.position_scale).float()
         other = fitted
         if self.config.position_classes > 0:
             other = _scaled(class_normalize(raw, self.config.position_classes), self.class_scale).float()
         cap = self.config.combine == "gate" and self.config.clip_cells < 1.0  # only the gate's min(s, m) reads them
-        cells = clipped_cells(x, d.shape[-2:]).to(d.device) if cap else None
+        cells = self._cells(x, px, d.shape[-2:]).to(d.device) if cap else None
         return SelfRefParts(fitted, d, c, clipped, cells), other
 
     def _raw_self_reference(self, f: torch.Tensor) -> torch.Tensor:
@@ -657,9 +666,9 @@ def lower_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def lower_median(v: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` -> ``(B,)`` the lower median (``torch.median``'s: the ``(N - 1) // 2``-th smallest value) as the
-    largest of the ``(N + 1) // 2`` smallest (``torch.topk``, ONNX TopK: ONNX has no median operator)."""
-    return v.topk((int(v.shape[1]) + 1) // 2, dim=1, largest=False).values.amax(1)  # int(): a constant K when traced
+    """``(B, N)`` -> ``(B,)`` the lower median (``torch.median``'s: the ``(N - 1) // 2``-th smallest value), as
+    :func:`lower_quantile` 0.5: the largest of the ``(N + 1) // 2`` smallest (ONNX has no median operator)."""
+    return lower_quantile(v, 0.5)
 
 
 @functools.lru_cache(maxsize=16)
