@@ -256,8 +256,8 @@ def flat_field(x: torch.Tensor, level: float = 0.45) -> torch.Tensor:
 def clipped_pixels(x: torch.Tensor) -> torch.Tensor:
     """RGB ``(B, 3, H, W)`` in [0, 1] (uint8 / 255) -> bool ``(B, H, W)``: a channel at either end of the range (<= 1
     or >= 254 of 255)."""
-    # |x - 1/2| > 1/2 - 1.5/255 is "<= 1 or >= 254 of 255"; one elementwise pass before the channel maximum (half
-    # the time of the maximum of both ends), written with the operators every exported graph has
+    # |x - 1/2| > 1/2 - 1.5/255 is "<= 1 or >= 254 of 255": one elementwise pass before the channel maximum (timed in
+    # docs/benchmarks.md, section 13), written with the operators every exported graph has
     return (x - 0.5).abs().amax(dim=1) > 0.5 - 1.5 / 255.0
 
 
