@@ -1,0 +1,194 @@
+"""A test-time pool as a third reference (MuSc-like mutual scoring), measured beside the default scorer; not in the SDK.
+
+The default scorer (``selfref``) calls a position normal when it matches the training memory (``m``) or, for an
+image the gate sees as another surface, its own image (``s``). After a texture change that the gate does not see
+(every image stays with the memory alone), the memory is the wrong reference. Here the other test images of the
+evaluated set are one more (after MuSc, ICLR 2024): for each position of image ``i`` its distance to the nearest
+position of pool image ``j`` (the default's features), averaged over the ``--closest`` share of the pool images that
+match it best, divided by the median of that over every image and position of the set -> ``M`` ``(h, w)``, ~1 on
+normal texture. Rules (feature-grid maps, blurred like the memory map, the peak as the image score):
+
+  default    the scorer as shipped (``Detector.fit`` defaults, the context memory sets memory-scored heights)
+  M          the pool alone
+  pool       memory-scored (near) images ``min(m, M)``, the others ``min(s, m, M)`` (clipped cells capped at 1)
+
+Pools: ``all`` (every other image of the set), ``random-P`` (P other images drawn per image) and ``rolling-P`` (the P
+images inspected just before, in a seeded random order of the set: what a detector holding its last P images would
+have). Rows: every family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting`` the
+style-0 fit on the gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic
+tile (maps and masks at 256 x 256; a random pool: every pair of 640 images would take hours here).
+
+    python benchmarks/pool_reference.py --out runs/pool_reference.json
+    python benchmarks/pool_reference.py --families wood --pools all,rolling-16 --out runs/pool_wood.json
+    python benchmarks/pool_reference.py --families none --tile --tile-pools random-32 --out runs/pool_tile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import robustness as rb  # noqa: E402
+
+log = logging.getLogger("bench.pool_reference")
+GEN = {"n_train": 40, "n_test_good": 20, "n_test_defect_per_kind": 4, "size": 256, "seed": 0}  # robustness --medium
+
+
+def cross_nearest(f: torch.Tensor, i: int, others: list[int]) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` -> ``(len(others), h w)``: each position of image ``i``'s distance to the nearest
+    position of each image in ``others``."""
+    q = f[i].flatten(1).T.float()  # (N, C)
+    r = f[others].flatten(2).transpose(1, 2).float()  # (P, N, C)
+    d2 = q.square().sum(-1)[None, :, None] - 2.0 * (q[None] @ r.transpose(1, 2)) + r.square().sum(-1)[:, None, :]
+    return d2.amin(-1).clamp_min(0.0).sqrt()
+
+
+def pool_members(n: int, pool: str, seed: int) -> list[list[int]]:
+    """For each of ``n`` images the indices of its pool (never itself): ``"all"``, ``"random-P"``, ``"rolling-P"``."""
+    if pool == "all":
+        return [[j for j in range(n) if j != i] for i in range(n)]
+    kind, p = pool.rsplit("-", 1)
+    p = min(int(p), n - 1)
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return [[int(j) for j in rng.choice([j for j in range(n) if j != i], p, replace=False)] for i in range(n)]
+    if kind == "rolling":  # the p images before i in one random order (the first ones wrap to the end of the run)
+        order = rng.permutation(n)
+        at = {int(v): k for k, v in enumerate(order)}
+        return [[int(order[(at[i] - t) % n]) for t in range(1, p + 1)] for i in range(n)]
+    raise ValueError(f"unknown pool {pool!r}")
+
+
+def pool_distance(f: torch.Tensor, members: list[list[int]], closest: float) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` and each image's pool -> ``M`` ``(B, h, w)``: the mean over the ``closest`` share of
+    pool images nearest at each position, divided by its median over the whole set."""
+    b, _, h, w = f.shape
+    out = torch.empty(b, h * w)
+    for i, others in enumerate(members):
+        d = cross_nearest(f, i, others)
+        k = max(1, round(closest * len(others)))
+        out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
+    return (out / out.median().clamp_min(1e-6)).reshape(b, h, w)
+
+
+def _load(folder: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """A category's test images at ``size`` (the model's resize), masks at ``size`` and labels."""
+    from patchloupe.data import MVTecCategory
+    from patchloupe.data import read_image as read
+    from patchloupe.preprocess import resize_for_model
+
+    cat = MVTecCategory(folder)
+    imgs, masks, labels = [], [], []
+    for item in cat.test_items():
+        img = read(item.path)
+        imgs.append(resize_for_model(img, size))
+        m = cat.load_mask(item, img.shape)
+        masks.append(cv2.resize(m.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0)
+        labels.append(item.label)
+    return imgs, masks, np.array(labels)
+
+
+def measure(det: Any, folder: Path, pools: list[str], closest: float, seed: int) -> dict[str, Any]:
+    """Image / pixel AUROC of each rule on ``folder``'s test set for the fitted default scorer ``det``."""
+    from patchloupe.metrics import image_auroc, pixel_auroc
+    from patchloupe.scorers.memory import to_batch
+    from patchloupe.scorers.selfref import cap_clipped
+
+    sc = det.scorer
+    size = sc.image_size
+    imgs, masks, labels = _load(folder, size)
+    feats, default, m, s, near, cells = [], [], [], [], [], []
+    with torch.inference_mode():
+        for i in range(0, len(imgs), 16):
+            x = to_batch(np.stack(imgs[i : i + 16]))
+            p = sc.parts(x, every=True)  # s of each image's own branch (near images: the fitted surface's)
+            feats.append(sc.memory._tap_features(x)[0])
+            default.append(sc.raw_map(x))
+            m.append(p.d / sc.config.memory_scale)
+            s.append(p.s)
+            near.append(sc.near(p.d, p.clipped))
+            cells.append(sc._cells(x, None, p.d.shape[-2:]))
+    f, default, m, s, near, cells = (torch.cat(t) for t in (feats, default, m, s, near, cells))
+
+    def score(maps: torch.Tensor, grid: bool = True) -> list[float]:
+        maps = sc.memory._blurred(maps, size) if grid else maps
+        img = image_auroc(labels, maps.flatten(1).amax(1).numpy())
+        return [round(float(img), 4), round(float(pixel_auroc(masks, list(maps.numpy()))), 4)]
+
+    row: dict[str, Any] = {"n": len(imgs), "near_share": round(float(near.float().mean()), 3),
+                           "default": score(default, grid=False)}  # fmt: skip
+    for pool in pools:
+        t0 = time.perf_counter()
+        big_m = pool_distance(f, pool_members(len(imgs), pool, seed), closest)
+        far = cap_clipped(torch.minimum(torch.minimum(s, m), big_m), cells, sc.config.clip_cells)
+        rule = torch.where(near[:, None, None], torch.minimum(m, big_m), far)
+        row[f"M {pool}"] = score(big_m)
+        row[f"pool {pool}"] = score(rule)
+        row[f"pool {pool} s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default="cloth,leather,mesh,metal,motif,wood", help="'none' for no families")
+    p.add_argument("--pools", default="all,rolling-16,rolling-8")
+    p.add_argument("--tile-pools", default="random-32", help="the pools on magnetic tile")
+    p.add_argument("--closest", type=float, default=0.3, help="share of pool images averaged (MuSc: 0.3)")
+    p.add_argument("--lighting", action="store_true", help="also the style-0 fits on the lighting copies")
+    p.add_argument("--tile", action="store_true", help="also magnetic tile (full, fitted on its 700 good tiles)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", default=str(rb.ROOT / "runs" / "robust_data"))
+    p.add_argument("--out", default=str(rb.ROOT / "runs" / "pool_reference.json"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    from patchloupe.data import generate_dataset
+
+    data = Path(a.data) / "medium"
+    pools = a.pools.split(",")
+    fit_args = SimpleNamespace(max_train=0, seed=a.seed)
+    rows: list[dict[str, Any]] = []
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        log.info("%s", json.dumps(row))
+        out.write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+
+    fams = [] if a.families == "none" else a.families.split(",")
+    for fam in fams:
+        for st in (0, 1):
+            generate_dataset(data, families=[fam], style=st, **GEN)
+        models = {st: rb.fit_model("selfref", rb._cat(data, fam, st) / "train" / "good", fit_args) for st in (0, 1)}
+        for fit in (0, 1):
+            for test in (0, 1):
+                add({"data": fam, "fit": fit, "test": test, "change": "none",
+                     **measure(models[fit], rb._cat(data, fam, test), pools, a.closest, a.seed)})  # fmt: skip
+        if a.lighting:
+            for kind in rb.LIGHTING:
+                folder = rb.lighting_copy(rb._cat(data, fam, 0), data / "lighting" / f"{fam}_{kind}", kind, a.seed)
+                add({"data": fam, "fit": 0, "test": 0, "change": kind,
+                     **measure(models[0], folder, pools, a.closest, a.seed)})  # fmt: skip
+    if a.tile and rb.TILE.is_dir():
+        det = rb.fit_model("selfref", rb.TILE / "train" / "good", fit_args)
+        add({"data": "magnetic_tile", "fit": "train", "test": "test", "change": "none",
+             **measure(det, rb.TILE, a.tile_pools.split(","), a.closest, a.seed)})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
