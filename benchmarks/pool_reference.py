@@ -114,8 +114,8 @@ def measure(det: Any, folder: Path, pools: list[str], closest: float, seed: int)
         for i in range(0, len(imgs), 16):
             x = to_batch(np.stack(imgs[i : i + 16]))
             p = sc.parts(x, every=True)  # s of each image's own branch (near images: the fitted surface's)
-            feats.append(sc.memory._tap_features(x)[0])
-            default.append(sc.raw_map(x))
+            feats.append(sc.memory._tap_features(x)[0])  # the one extra trunk pass: parts keeps no features
+            default.append(sc.blend(p.s, p.d, p.c, size, p.clipped, p.cells))  # raw_map from the same parts
             m.append(p.d / sc.config.memory_scale)
             s.append(p.s)
             near.append(sc.near(p.d, p.clipped))
