@@ -12,15 +12,23 @@ normal texture. Rules (feature-grid maps, blurred like the memory map, the peak 
   M          the pool alone
   pool       memory-scored (near) images ``min(m, M)``, the others ``min(s, m, M)`` (clipped cells capped at 1)
 
-Pools: ``all`` (every other image of the set), ``random-P`` (P other images drawn per image) and ``rolling-P`` (the P
-images inspected just before, in a seeded random order of the set: what a detector holding its last P images would
-have). Rows: every family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting`` the
-style-0 fit on the gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic
+Pools: ``all`` (every other image of the set), ``random-P`` (P other images drawn per image) and ``rolling-P`` (the
+P images inspected just before, in a seeded random order of the set: what a detector holding its last P images would
+have), ``stream-P`` (the same order, no wrap-around: the first images have short or no pools, and the normaliser is
+a running median of what the stream has seen so far) and ``sorted-P`` (as ``stream-P`` in the set's file order,
+where defects of one kind come in runs: a burst of defects). With ``--drifts T`` the pool rule applies only to
+images whose stream has drifted: the ``q`` quantile, over the image and its pool, of each image's median ``m`` (the
+memory's scaled distance), above ``T`` (rules ``drift q{q}>{T} {pool}``: [share of images gated, image AUROC, pixel
+AUROC]). Rows: every family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting``
+the style-0 fit on the gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic
 tile (maps and masks at 256 x 256; a random pool: every pair of 640 images would take hours here).
 
     python benchmarks/pool_reference.py --out runs/pool_reference.json
     python benchmarks/pool_reference.py --families wood --pools all,rolling-16 --out runs/pool_wood.json
     python benchmarks/pool_reference.py --families none --tile --tile-pools random-32 --out runs/pool_tile.json
+    python benchmarks/pool_reference.py --lighting --tile --pools rolling-16,sorted-16 \
+        --tile-pools rolling-16,sorted-16 --drifts 1.15,1.2 --out runs/drift2.json
+    python benchmarks/pool_reference.py --summary runs/drift2.json   # worst drops per rule (targets 1, 2, 4, tile)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -68,19 +77,33 @@ def pool_members(n: int, pool: str, seed: int) -> list[list[int]]:
         order = rng.permutation(n)
         at = {int(v): k for k, v in enumerate(order)}
         return [[int(order[(at[i] - t) % n]) for t in range(1, p + 1)] for i in range(n)]
+    if kind in ("stream", "sorted"):  # a live stream: the (up to) p images before i, none before the first
+        order = rng.permutation(n) if kind == "stream" else np.arange(n)  # sorted: the test set's file order
+        at = {int(v): k for k, v in enumerate(order)}
+        return [[int(order[at[i] - t]) for t in range(1, min(p, at[i]) + 1)] for i in range(n)]
     raise ValueError(f"unknown pool {pool!r}")
 
 
-def pool_distance(f: torch.Tensor, members: list[list[int]], closest: float) -> torch.Tensor:
+def pool_distance(f: torch.Tensor, members: list[list[int]], closest: float, stream: bool = False) -> torch.Tensor:
     """Features ``(B, C, h, w)`` and each image's pool -> ``M`` ``(B, h, w)``: the mean over the ``closest`` share of
-    pool images nearest at each position, divided by its median over the whole set."""
+    pool images nearest at each position, divided by its median over the whole set (``stream``: by the median of
+    the image's and its pool's medians, what a live stream knows). An image with no pool gets ``inf``."""
     b, _, h, w = f.shape
-    out = torch.empty(b, h * w)
+    out = torch.full((b, h * w), math.inf)
     for i, others in enumerate(members):
+        if not others:  # the first image of a stream: no pool yet
+            continue
         d = cross_nearest(f, i, others)
         k = max(1, round(closest * len(others)))
         out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
-    return (out / out.median().clamp_min(1e-6)).reshape(b, h, w)
+    if not stream:
+        return (out / out.median().clamp_min(1e-6)).reshape(b, h, w)
+    # a stream knows only the past: each image's median over itself and its pool (running normaliser)
+    med = out.median(1).values
+    norm = torch.stack([med[[j for j in (i, *others) if math.isfinite(float(med[j]))] or [i]].median()
+                        for i, others in enumerate(members)])  # fmt: skip
+    scaled = out / norm.clamp_min(1e-6)[:, None]
+    return torch.where(out.isinf(), out, scaled).reshape(b, h, w)  # inf / inf stays "no pool", not NaN
 
 
 def _load(folder: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
@@ -100,7 +123,25 @@ def _load(folder: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[n
     return imgs, masks, np.array(labels)
 
 
-def measure(det: Any, folder: Path, pools: list[str], closest: float, seed: int) -> dict[str, Any]:
+def drift_levels(m: torch.Tensor, members: list[list[int]], q: float = 0.5, spatial: float = 0.5) -> torch.Tensor:
+    """Scaled memory distances ``m`` ``(B, h, w)`` and each image's pool -> ``(B,)``: the ``q`` quantile over the
+    image and its pool of each one's ``spatial`` quantile of ``m`` (the median by default: ~1 on the fitted surface
+    by construction of ``memory_scale``; a low ``q`` asks whether even the most ordinary recent images are far from
+    the memory, a low ``spatial`` whether even their most ordinary positions are, which a local defect does not
+    move)."""
+    med = m.flatten(1).quantile(spatial, dim=1)
+    return torch.stack([med[[i, *others]].quantile(q) for i, others in enumerate(members)])
+
+
+def measure(
+    det: Any,
+    folder: Path,
+    pools: list[str],
+    closest: float,
+    seed: int,
+    drifts: tuple[float, ...] = (),
+    spatials: tuple[float, ...] = (0.5,),
+) -> dict[str, Any]:
     """Image / pixel AUROC of each rule on ``folder``'s test set for the fitted default scorer ``det``."""
     from patchloupe.metrics import image_auroc, pixel_auroc
     from patchloupe.scorers.memory import to_batch
@@ -127,17 +168,64 @@ def measure(det: Any, folder: Path, pools: list[str], closest: float, seed: int)
         img = image_auroc(labels, maps.flatten(1).amax(1).numpy())
         return [round(float(img), 4), round(float(pixel_auroc(masks, list(maps.numpy()))), 4)]
 
+    med = m.flatten(1).median(1).values
+    good = torch.as_tensor(labels == 0)
     row: dict[str, Any] = {"n": len(imgs), "near_share": round(float(near.float().mean()), 3),
+                           "median_m_good": round(float(med[good].median()), 3),
+                           "median_m_all": round(float(med.median()), 3),
                            "default": score(default, grid=False)}  # fmt: skip
     for pool in pools:
         t0 = time.perf_counter()
-        big_m = pool_distance(f, pool_members(len(imgs), pool, seed), closest)
+        members = pool_members(len(imgs), pool, seed)
+        big_m = pool_distance(f, members, closest, stream=pool.startswith(("stream", "sorted")))
         far = cap_clipped(torch.minimum(torch.minimum(s, m), big_m), cells, sc.config.clip_cells)
         rule = torch.where(near[:, None, None], torch.minimum(m, big_m), far)
-        row[f"M {pool}"] = score(big_m)
+        row[f"M {pool}"] = score(torch.where(big_m.isinf(), m, big_m))  # no pool yet: the memory
         row[f"pool {pool}"] = score(rule)
+        if drifts:
+            has_pool = torch.tensor([bool(o) for o in members])
+            blurred = sc.memory._blurred(rule, size)
+            for sp in spatials:
+                for q in (0.5, 0.25):
+                    level = drift_levels(m, members, q, sp)
+                    for tau in drifts:
+                        on = (level > tau) & has_pool
+                        mixed = torch.where(on[:, None, None], blurred, default)
+                        key = f"drift q{q}>{tau} {pool}" if sp == 0.5 else f"drift p{round(100 * sp)} q{q}>{tau} {pool}"
+                        row[key] = [round(float(on.float().mean()), 3), *score(mixed, grid=False)]
         row[f"pool {pool} s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows of a run -> per rule: the worst texture-change drop (target 1: ``fit == test`` minus ``fit != test`` on
+    the same test style, image and pixel), the worst lighting drop (target 2: the style-0 fit on its unchanged test
+    set minus each lighting copy, image), the fitted minimum (target 4) and the magnetic-tile row, in points."""
+    rules = sorted({k for r in rows for k, v in r.items() if isinstance(v, list)})
+    out: dict[str, dict[str, Any]] = {}
+
+    def get(rule: str, d: str, fit: Any, test: Any, change: str = "none") -> list[float] | None:
+        for r in rows:
+            if (r["data"], r["fit"], r["test"], r["change"]) == (d, fit, test, change) and rule in r:
+                return r[rule][-2:]
+        return None
+
+    for rule in rules:
+        t1, t2, fitted = [0.0, 0.0], 0.0, [1.0, 1.0]
+        for r in rows:
+            if rule not in r or r["data"] == "magnetic_tile":
+                continue
+            own, here = get(rule, r["data"], r["test"], r["test"]), r[rule][-2:]
+            if r["change"] == "none" and r["fit"] == r["test"]:
+                fitted = [min(fitted[0], here[0]), min(fitted[1], here[1])]
+            elif r["change"] == "none" and own is not None:
+                t1 = [max(t1[0], 100 * (own[0] - here[0])), max(t1[1], 100 * (own[1] - here[1]))]
+            elif r["change"] != "none" and (base := get(rule, r["data"], 0, 0)) is not None:
+                t2 = max(t2, 100 * (base[0] - here[0]))
+        tile = get(rule, "magnetic_tile", "train", "test")
+        out[rule] = {"t1_img": round(t1[0], 2), "t1_pix": round(t1[1], 2), "t2_img": round(t2, 2),
+                     "fitted_min": fitted, "tile": tile}  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,20 +236,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--closest", type=float, default=0.3, help="share of pool images averaged (MuSc: 0.3)")
     p.add_argument("--lighting", action="store_true", help="also the style-0 fits on the lighting copies")
     p.add_argument("--tile", action="store_true", help="also magnetic tile (full, fitted on its 700 good tiles)")
+    p.add_argument("--drifts", default="", help="comma list of drift levels: the pool rule only on drifted streams")
+    p.add_argument("--drift-spatial", default="0.5", help="comma list: the quantile of m within an image (0.5)")
+    p.add_argument("--summary", default="", help="print the per-rule target summary of this run's JSON and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(rb.ROOT / "runs" / "robust_data"))
     p.add_argument("--out", default=str(rb.ROOT / "runs" / "pool_reference.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.summary:
+        for rule, v in summarize(json.loads(Path(a.summary).read_text())["rows"]).items():
+            print(f"{rule:32s} {json.dumps(v)}")  # noqa: T201 (a report on stdout)
+        return 0
     torch.set_num_threads(a.threads)
     from patchloupe.data import generate_dataset
 
     data = Path(a.data) / "medium"
     pools = a.pools.split(",")
+    drifts = tuple(float(v) for v in a.drifts.split(",") if v)
+    spatials = tuple(float(v) for v in a.drift_spatial.split(",") if v)
     fit_args = SimpleNamespace(max_train=0, seed=a.seed)
     rows: list[dict[str, Any]] = []
     out = Path(a.out)
+    opts = {"closest": a.closest, "seed": a.seed, "drifts": drifts, "spatials": spatials}
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def add(row: dict[str, Any]) -> None:
@@ -177,16 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         for fit in (0, 1):
             for test in (0, 1):
                 add({"data": fam, "fit": fit, "test": test, "change": "none",
-                     **measure(models[fit], rb._cat(data, fam, test), pools, a.closest, a.seed)})  # fmt: skip
+                     **measure(models[fit], rb._cat(data, fam, test), pools, **opts)})  # fmt: skip
         if a.lighting:
             for kind in rb.LIGHTING:
                 folder = rb.lighting_copy(rb._cat(data, fam, 0), data / "lighting" / f"{fam}_{kind}", kind, a.seed)
                 add({"data": fam, "fit": 0, "test": 0, "change": kind,
-                     **measure(models[0], folder, pools, a.closest, a.seed)})  # fmt: skip
+                     **measure(models[0], folder, pools, **opts)})  # fmt: skip
     if a.tile and rb.TILE.is_dir():
         det = rb.fit_model("selfref", rb.TILE / "train" / "good", fit_args)
         add({"data": "magnetic_tile", "fit": "train", "test": "test", "change": "none",
-             **measure(det, rb.TILE, a.tile_pools.split(","), a.closest, a.seed)})  # fmt: skip
+             **measure(det, rb.TILE, a.tile_pools.split(","), **opts)})  # fmt: skip
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pool_reference import cross_nearest, pool_distance, pool_members
+from pool_reference import cross_nearest, drift_levels, pool_distance, pool_members, summarize
 
 
 def test_cross_nearest_matches_brute_force() -> None:
@@ -42,3 +42,48 @@ def test_pool_distance_is_low_on_shared_texture_and_high_on_a_unique_patch() -> 
     assert m.shape == (5, 6, 6)
     assert float(m[2, 3, 3]) > 50 * float(m.median())
     assert float(m[0].amax()) < 3.0
+
+
+@pytest.mark.parametrize("kind", ["stream", "sorted"])
+def test_stream_pools_hold_only_the_images_before_and_none_for_the_first(kind: str) -> None:
+    members = pool_members(6, f"{kind}-2", seed=0)
+    sizes = sorted(len(m) for m in members)
+    assert sizes == [0, 1, 2, 2, 2, 2]  # the first image has no past, the second one image
+    if kind == "sorted":  # the set's own order: image i's pool is i-1, i-2
+        assert members == [[], [0], [1, 0], [2, 1], [3, 2], [4, 3]]
+
+
+def test_stream_pool_distance_gives_no_pool_inf_and_a_running_normaliser() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(1, 4, 3, 3, generator=g).repeat(4, 1, 1, 1) + 0.01 * torch.randn(4, 4, 3, 3, generator=g)
+    m = pool_distance(f, pool_members(4, "sorted-2", seed=0), closest=0.5, stream=True)
+    assert bool(m[0].isinf().all()) and bool(m[1:].isfinite().all())
+    assert 0.3 < float(m[1:].median()) < 3.0  # each finite image is scaled by its own and its pool's medians
+
+
+def test_drift_levels_are_a_quantile_over_the_image_and_its_pool() -> None:
+    med = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    m = med[:, None, None] * torch.ones(4, 2, 2)
+    members = [[], [0], [1, 0], [2, 1]]
+    assert drift_levels(m, members, q=0.5).tolist() == [1.0, 1.0, 1.0, 3.0]
+    assert drift_levels(m, members, q=0.0).tolist() == [1.0, 1.0, 1.0, 1.0]  # the most ordinary image of the pool
+
+
+def test_a_low_spatial_quantile_ignores_a_local_defect() -> None:
+    m = torch.ones(2, 4, 4)
+    m[1, :2] = 5.0  # half of image 1 far from the memory: its median moves, its lowest tenth does not
+    members = [[], [0]]
+    assert drift_levels(m, [[], []], q=0.5)[1] > 1.0
+    assert drift_levels(m, [[], []], q=0.5, spatial=0.1).tolist() == [1.0, 1.0]
+    assert drift_levels(m, members, q=1.0, spatial=0.1).tolist() == [1.0, 1.0]
+
+
+def test_summarize_reports_the_worst_drops_per_rule() -> None:
+    def row(fit: int, test: int, change: str, img: float, pix: float) -> dict:
+        return {"data": "wood", "fit": fit, "test": test, "change": change, "default": [img, pix]}
+
+    rows = [row(0, 0, "none", 1.0, 0.98), row(1, 1, "none", 0.95, 0.97), row(0, 1, "none", 0.90, 0.96),
+            row(1, 0, "none", 0.99, 0.90), row(0, 0, "gain", 0.97, 0.98)]  # fmt: skip
+    got = summarize(rows)["default"]
+    assert got["t1_img"] == pytest.approx(5.0) and got["t1_pix"] == pytest.approx(8.0)
+    assert got["t2_img"] == pytest.approx(3.0) and got["fitted_min"] == [0.95, 0.97] and got["tile"] is None
