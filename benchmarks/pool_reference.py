@@ -84,26 +84,47 @@ def pool_members(n: int, pool: str, seed: int) -> list[list[int]]:
     raise ValueError(f"unknown pool {pool!r}")
 
 
-def pool_distance(f: torch.Tensor, members: list[list[int]], closest: float, stream: bool = False) -> torch.Tensor:
-    """Features ``(B, C, h, w)`` and each image's pool -> ``M`` ``(B, h, w)``: the mean over the ``closest`` share of
-    pool images nearest at each position, divided by its median over the whole set (``stream``: by the median of
-    the image's and its pool's medians, what a live stream knows). An image with no pool gets ``inf``."""
-    b, _, h, w = f.shape
-    out = torch.full((b, h * w), math.inf)
+def raw_pool_distance(f: torch.Tensor, members: list[list[int]], closest: float) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` and each image's pool -> ``(B, h w)``: at each position the mean distance to the
+    ``closest`` share of pool images nearest there, in feature units (an image with no pool gets ``inf``)."""
+    out = torch.full((f.shape[0], f.shape[2] * f.shape[3]), math.inf)
     for i, others in enumerate(members):
         if not others:  # the first image of a stream: no pool yet
             continue
         d = cross_nearest(f, i, others)
         k = max(1, round(closest * len(others)))
         out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
+    return out
+
+
+def normalised(out: torch.Tensor, members: list[list[int]], stream: bool = False) -> torch.Tensor:
+    """:func:`raw_pool_distance` ``(B, N)`` -> ``(B, N)`` divided by its median over the whole set (``stream``: by
+    the median of the image's and its pool's medians, what a live stream knows); ``inf`` (no pool) stays."""
     if not stream:
-        return (out / out.median().clamp_min(1e-6)).reshape(b, h, w)
-    # a stream knows only the past: each image's median over itself and its pool (running normaliser)
+        return out / out.median().clamp_min(1e-6)
     med = out.median(1).values
     norm = torch.stack([med[[j for j in (i, *others) if math.isfinite(float(med[j]))] or [i]].median()
                         for i, others in enumerate(members)])  # fmt: skip
     scaled = out / norm.clamp_min(1e-6)[:, None]
-    return torch.where(out.isinf(), out, scaled).reshape(b, h, w)  # inf / inf stays "no pool", not NaN
+    return torch.where(out.isinf(), out, scaled)  # inf / inf stays "no pool", not NaN
+
+
+def pool_distance(f: torch.Tensor, members: list[list[int]], closest: float, stream: bool = False) -> torch.Tensor:
+    """Features ``(B, C, h, w)`` and each image's pool -> ``M`` ``(B, h, w)``: :func:`raw_pool_distance`
+    :func:`normalised` (``~1`` on normal texture)."""
+    b, _, h, w = f.shape
+    return normalised(raw_pool_distance(f, members, closest), members, stream).reshape(b, h, w)
+
+
+def pool_likeness(raw: torch.Tensor, d: torch.Tensor, members: list[list[int]], q: float = 0.5) -> torch.Tensor:
+    """Raw pool distances ``(B, N)`` and raw memory distances ``d`` ``(B, h, w)`` (same feature space) -> ``(B,)``:
+    the ``q`` quantile over the image and its pool of each one's median pool distance over median memory distance.
+    Low when the recent images resemble each other far more than the memory (a changed surface); ``inf`` with no
+    pool."""
+    ratio = raw.median(1).values / d.flatten(1).median(1).values.clamp_min(1e-6)
+    seen = [[j for j in (i, *others) if math.isfinite(float(ratio[j]))] for i, others in enumerate(members)]
+    return torch.stack([ratio[js].quantile(q) if others and js else torch.tensor(math.inf)
+                        for js, others in zip(seen, members, strict=True)])  # fmt: skip
 
 
 def _load(folder: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
@@ -141,6 +162,7 @@ def measure(
     seed: int,
     drifts: tuple[float, ...] = (),
     spatials: tuple[float, ...] = (0.5,),
+    likes: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Image / pixel AUROC of each rule on ``folder``'s test set for the fitted default scorer ``det``."""
     from patchloupe.metrics import image_auroc, pixel_auroc
@@ -177,7 +199,8 @@ def measure(
     for pool in pools:
         t0 = time.perf_counter()
         members = pool_members(len(imgs), pool, seed)
-        big_m = pool_distance(f, members, closest, stream=pool.startswith(("stream", "sorted")))
+        raw = raw_pool_distance(f, members, closest)
+        big_m = normalised(raw, members, stream=pool.startswith(("stream", "sorted"))).reshape(m.shape)
         far = cap_clipped(torch.minimum(torch.minimum(s, m), big_m), cells, sc.config.clip_cells)
         rule = torch.where(near[:, None, None], torch.minimum(m, big_m), far)
         row[f"M {pool}"] = score(torch.where(big_m.isinf(), m, big_m))  # no pool yet: the memory
@@ -193,6 +216,15 @@ def measure(
                         mixed = torch.where(on[:, None, None], blurred, default)
                         key = f"drift q{q}>{tau} {pool}" if sp == 0.5 else f"drift p{round(100 * sp)} q{q}>{tau} {pool}"
                         row[key] = [round(float(on.float().mean()), 3), *score(mixed, grid=False)]
+            like = pool_likeness(raw, m * sc.config.memory_scale, members)
+            fin = like.isfinite()
+            row[f"likeness {pool}"] = [round(float(like[fin & good].median()), 3), round(float(like[fin].median()), 3)]
+            drifted = (drift_levels(m, members, 0.25) > max(drifts)) & has_pool
+            for rho in likes:
+                on = drifted & (like < rho)
+                mixed = torch.where(on[:, None, None], blurred, default)
+                row[f"drift q0.25>{max(drifts)} like<{rho} {pool}"] = [round(float(on.float().mean()), 3),
+                                                                       *score(mixed, grid=False)]  # fmt: skip
         row[f"pool {pool} s"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -238,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", action="store_true", help="also magnetic tile (full, fitted on its 700 good tiles)")
     p.add_argument("--drifts", default="", help="comma list of drift levels: the pool rule only on drifted streams")
     p.add_argument("--drift-spatial", default="0.5", help="comma list: the quantile of m within an image (0.5)")
+    p.add_argument("--likes", default="", help="comma list: also gate on pool likeness below these (with --drifts)")
     p.add_argument("--summary", default="", help="print the per-rule target summary of this run's JSON and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -256,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     pools = a.pools.split(",")
     drifts = tuple(float(v) for v in a.drifts.split(",") if v)
     spatials = tuple(float(v) for v in a.drift_spatial.split(",") if v)
+    likes = tuple(float(v) for v in a.likes.split(",") if v)
     fit_args = SimpleNamespace(max_train=0, seed=a.seed)
     rows: list[dict[str, Any]] = []
     out = Path(a.out)
-    opts = {"closest": a.closest, "seed": a.seed, "drifts": drifts, "spatials": spatials}
+    opts = {"closest": a.closest, "seed": a.seed, "drifts": drifts, "spatials": spatials, "likes": likes}
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def add(row: dict[str, Any]) -> None:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from pool_reference import cross_nearest, drift_levels, pool_distance, pool_members, summarize
+from pool_reference import (
+    cross_nearest,
+    drift_levels,
+    pool_distance,
+    pool_likeness,
+    pool_members,
+    raw_pool_distance,
+    summarize,
+)
 
 
 def test_cross_nearest_matches_brute_force() -> None:
@@ -76,6 +86,18 @@ def test_a_low_spatial_quantile_ignores_a_local_defect() -> None:
     assert drift_levels(m, [[], []], q=0.5)[1] > 1.0
     assert drift_levels(m, [[], []], q=0.5, spatial=0.1).tolist() == [1.0, 1.0]
     assert drift_levels(m, members, q=1.0, spatial=0.1).tolist() == [1.0, 1.0]
+
+
+def test_pool_likeness_is_low_when_recent_images_resemble_each_other_more_than_the_memory() -> None:
+    g = torch.Generator().manual_seed(0)
+    same = torch.randn(1, 4, 3, 3, generator=g).repeat(3, 1, 1, 1) + 0.01 * torch.randn(3, 4, 3, 3, generator=g)
+    members = [[], [0], [1, 0]]
+    raw = raw_pool_distance(same, members, closest=1.0)
+    far = torch.full((3, 3, 3), 2.0)  # the memory is far from all three
+    like = pool_likeness(raw, far, members)
+    assert math.isinf(like[0])  # no pool yet
+    assert (like[1:] < 0.1).all()
+    assert (pool_likeness(raw, far / 100, members)[1:] > 1.0).all()  # a memory closer than the pool
 
 
 def test_summarize_reports_the_worst_drops_per_rule() -> None:
