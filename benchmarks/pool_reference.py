@@ -19,15 +19,20 @@ a running median of what the stream has seen so far) and ``sorted-P`` (as ``stre
 where defects of one kind come in runs: a burst of defects). With ``--drifts T`` the pool rule applies only to
 images whose stream has drifted: the ``q`` quantile, over the image and its pool, of each image's median ``m`` (the
 memory's scaled distance), above ``T`` (rules ``drift q{q}>{T} {pool}``: [share of images gated, image AUROC, pixel
-AUROC]). Rows: every family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting``
-the style-0 fit on the gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic
-tile (maps and masks at 256 x 256; a random pool: every pair of 640 images would take hours here).
+AUROC]). With ``--likes R`` as well the gate also asks that the recent images resemble each other more than the
+memory (``pool_likeness``: median pool distance over median memory distance, the quantile over the image and its
+pool, below ``R``), which a burst of defects does not. Rows: every family fitted on each style and evaluated on both
+(targets 1 and 4), and with ``--lighting`` the style-0 fit on the gain / gamma / gradient copies of
+``robustness.py`` (target 2), and with ``--tile`` magnetic tile (maps and masks at 256 x 256; a random pool: every
+pair of 640 images would take hours here).
 
     python benchmarks/pool_reference.py --out runs/pool_reference.json
     python benchmarks/pool_reference.py --families wood --pools all,rolling-16 --out runs/pool_wood.json
     python benchmarks/pool_reference.py --families none --tile --tile-pools random-32 --out runs/pool_tile.json
     python benchmarks/pool_reference.py --lighting --tile --pools rolling-16,sorted-16 \
         --tile-pools rolling-16,sorted-16 --drifts 1.15,1.2 --out runs/drift2.json
+    python benchmarks/pool_reference.py --lighting --pools rolling-16,sorted-16 --drifts 1.2 --likes 0.5,0.7,0.9 \
+        --out runs/like.json
     python benchmarks/pool_reference.py --summary runs/drift2.json   # worst drops per rule (targets 1, 2, 4, tile)
 """
 
@@ -233,7 +238,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Rows of a run -> per rule: the worst texture-change drop (target 1: ``fit == test`` minus ``fit != test`` on
     the same test style, image and pixel), the worst lighting drop (target 2: the style-0 fit on its unchanged test
     set minus each lighting copy, image), the fitted minimum (target 4) and the magnetic-tile row, in points."""
-    rules = sorted({k for r in rows for k, v in r.items() if isinstance(v, list)})
+    rules = sorted({k for r in rows for k, v in r.items() if isinstance(v, list) and not k.startswith("likeness")})
     out: dict[str, dict[str, Any]] = {}
 
     def get(rule: str, d: str, fit: Any, test: Any, change: str = "none") -> list[float] | None:
