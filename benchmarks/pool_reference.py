@@ -21,10 +21,10 @@ images whose stream has drifted: the ``q`` quantile, over the image and its pool
 memory's scaled distance), above ``T`` (rules ``drift q{q}>{T} {pool}``: [share of images gated, image AUROC, pixel
 AUROC]). With ``--likes R`` as well the gate also asks that the recent images resemble each other more than the
 memory (``pool_likeness``: median pool distance over median memory distance, the quantile over the image and its
-pool, below ``R``), which a burst of defects does not. Rows: every family fitted on each style and evaluated on both
-(targets 1 and 4), and with ``--lighting`` the style-0 fit on the gain / gamma / gradient copies of
-``robustness.py`` (target 2), and with ``--tile`` magnetic tile (maps and masks at 256 x 256; a random pool: every
-pair of 640 images would take hours here).
+pool, below ``R``; on the q = 0.25 median gate at the largest ``T``), which a burst of defects does not. Rows: every
+family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting`` the style-0 fit on the
+gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic tile (maps and masks at
+256 x 256; a random pool: every pair of 640 images would take hours here).
 
     python benchmarks/pool_reference.py --out runs/pool_reference.json
     python benchmarks/pool_reference.py --families wood --pools all,rolling-16 --out runs/pool_wood.json
@@ -102,14 +102,19 @@ def raw_pool_distance(f: torch.Tensor, members: list[list[int]], closest: float)
     return out
 
 
+def _seen(values: torch.Tensor, members: list[list[int]]) -> list[list[int]]:
+    """Per-image values ``(B,)`` and each image's pool -> for each image the indices of itself and its pool whose
+    value is finite (an image with no pool has ``inf``: nothing to know from it yet)."""
+    return [[j for j in (i, *others) if math.isfinite(float(values[j]))] for i, others in enumerate(members)]
+
+
 def normalised(out: torch.Tensor, members: list[list[int]], stream: bool = False) -> torch.Tensor:
     """:func:`raw_pool_distance` ``(B, N)`` -> ``(B, N)`` divided by its median over the whole set (``stream``: by
     the median of the image's and its pool's medians, what a live stream knows); ``inf`` (no pool) stays."""
     if not stream:
         return out / out.median().clamp_min(1e-6)
     med = out.median(1).values
-    norm = torch.stack([med[[j for j in (i, *others) if math.isfinite(float(med[j]))] or [i]].median()
-                        for i, others in enumerate(members)])  # fmt: skip
+    norm = torch.stack([med[js or [i]].median() for i, js in enumerate(_seen(med, members))])
     scaled = out / norm.clamp_min(1e-6)[:, None]
     return torch.where(out.isinf(), out, scaled)  # inf / inf stays "no pool", not NaN
 
@@ -127,9 +132,8 @@ def pool_likeness(raw: torch.Tensor, d: torch.Tensor, members: list[list[int]], 
     Low when the recent images resemble each other far more than the memory (a changed surface); ``inf`` with no
     pool."""
     ratio = raw.median(1).values / d.flatten(1).median(1).values.clamp_min(1e-6)
-    seen = [[j for j in (i, *others) if math.isfinite(float(ratio[j]))] for i, others in enumerate(members)]
     return torch.stack([ratio[js].quantile(q) if others and js else torch.tensor(math.inf)
-                        for js, others in zip(seen, members, strict=True)])  # fmt: skip
+                        for js, others in zip(_seen(ratio, members), members, strict=True)])  # fmt: skip
 
 
 def _load(folder: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
@@ -213,9 +217,10 @@ def measure(
         if drifts:
             has_pool = torch.tensor([bool(o) for o in members])
             blurred = sc.memory._blurred(rule, size)
+            levels = {(q, sp): drift_levels(m, members, q, sp) for sp in spatials for q in (0.5, 0.25)}
             for sp in spatials:
                 for q in (0.5, 0.25):
-                    level = drift_levels(m, members, q, sp)
+                    level = levels[q, sp]
                     for tau in drifts:
                         on = (level > tau) & has_pool
                         mixed = torch.where(on[:, None, None], blurred, default)
@@ -224,7 +229,9 @@ def measure(
             like = pool_likeness(raw, m * sc.config.memory_scale, members)
             fin = like.isfinite()
             row[f"likeness {pool}"] = [round(float(like[fin & good].median()), 3), round(float(like[fin].median()), 3)]
-            drifted = (drift_levels(m, members, 0.25) > max(drifts)) & has_pool
+            drifted = (
+                (levels[0.25, 0.5] if (0.25, 0.5) in levels else drift_levels(m, members, 0.25)) > max(drifts)
+            ) & has_pool
             for rho in likes:
                 on = drifted & (like < rho)
                 mixed = torch.where(on[:, None, None], blurred, default)
@@ -282,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(rb.ROOT / "runs" / "robust_data"))
     p.add_argument("--out", default=str(rb.ROOT / "runs" / "pool_reference.json"))
     a = p.parse_args(argv)
+    if a.likes and not a.drifts:
+        p.error("--likes gates on top of a drift level: give --drifts too")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.summary:
         for rule, v in summarize(json.loads(Path(a.summary).read_text())["rows"]).items():
