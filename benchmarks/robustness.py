@@ -17,8 +17,10 @@ Targets measured (per scorer):
                      at that rate (``evaluate``'s operating point), worst case per scorer
 
 Scorers: ``selfref`` (patchloupe.scorers.selfref) and its variants ``selfref-<name>`` (VARIANTS below),
-``memory``, ``pattern`` (``Detector.fit`` with ``--pattern-steps``) and ``patchcore`` (benchmarks/patchcore.py:
-MobileNetV2, 10 % greedy coreset, no extras). Every model is fitted once per training set and evaluated on all
+``memory``, ``pattern`` (``Detector.fit`` with ``--pattern-steps``), ``patchcore`` (benchmarks/patchcore.py:
+MobileNetV2, 10 % greedy coreset, no extras) and ``selfref-pool`` (the ``selfref`` fit with ``Detector.pooled()``,
+a fresh stream pool per test set, inspected in file order; ``pooled_share``: the share of images the pool rule
+scored). Every model is fitted once per training set and evaluated on all
 its test sets, so the fits are shared between targets 1, 2 and 4.
 
 Usage:
@@ -79,7 +81,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (
     "image_auroc", "pixel_auroc", "aupro", "f1_max", "n_images", "latency_ms_median", "tp", "fp", "tn", "fn",
-    "realised_false_alarm_rate", "recall_at_threshold", "best_recall_at_that_false_alarm_rate",
+    "realised_false_alarm_rate", "recall_at_threshold", "best_recall_at_that_false_alarm_rate", "pooled_share",
 )  # fmt: skip
 
 
@@ -136,8 +138,36 @@ def fit_model(name: str, train_dir: Path | list[np.ndarray], args: argparse.Name
         steps = dict(zip(("generator_steps", "comparator_steps"), args.pattern_steps))
         return Detector.fit(images, scorer=name, seed=args.seed, progress=False, **steps)
     if name in VARIANTS:
-        return _fit_selfref(images, VARIANTS[name], args.seed)
+        det = _fit_selfref(images, VARIANTS[name], args.seed)
+        if name == "selfref" and isinstance(train_dir, Path):
+            _FITTED[(str(train_dir), len(images), args.seed)] = det
+        return det
+    if name == "selfref-pool":
+        key = (str(train_dir), len(images), args.seed) if isinstance(train_dir, Path) else None
+        det = _FITTED.get(key) if key else None
+        if det is None:
+            det = _fit_selfref(images, {}, args.seed)
+        return PooledInspector(det)
     raise ValueError(f"unknown scorer {name!r}")
+
+
+class PooledInspector:
+    """The default ``selfref`` detector with a stream pool (``Detector.pooled()``), a fresh pool per evaluated
+    folder: each test set is one stream, inspected in its file order (defects of one kind in a run)."""
+
+    def __init__(self, det: Any) -> None:
+        self.det = det
+
+    def evaluate(self, folder: Path) -> dict[str, Any]:
+        pooled = self.det.pooled()
+        res = pooled.evaluate(folder)
+        stats = pooled.scorer.stats()
+        res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
+        return res
+
+
+#: default selfref fits by training folder, shared by ``selfref`` and ``selfref-pool`` in one run
+_FITTED: dict[tuple[str, int, int], Any] = {}
 
 
 def _fit_selfref(images: list[np.ndarray], overrides: dict[str, Any], seed: int) -> Any:

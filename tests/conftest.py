@@ -205,6 +205,19 @@ def striped_surface(seed: int, shape: tuple[int, int] = (64, 64), hole: bool = F
     return img
 
 
+def checks_surface(seed: int, n: int = 64, hole: bool = False) -> np.ndarray:
+    """Another surface than the fitted stripes: a noisy checkerboard of period 16, RGB uint8 ``(n, n, 3)``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:n, 0:n] + rng.integers(16, size=2)[:, None, None]
+    base = 128 + 60 * np.sign(np.sin(2 * np.pi * x / 16) * np.sin(2 * np.pi * y / 16)) + rng.normal(0, 5, (n, n))
+    import cv2
+
+    img = np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if hole:
+        cv2.circle(img, (40, 24), 6, (20, 200, 40), -1)
+    return img
+
+
 @pytest.fixture(scope="session")
 def tiny_pattern_detector():  # noqa: ANN201 - a Detector
     """An untrained tiny-preset pattern detector on 96 x 96 / 3 x 3, calibrated on clean surfaces."""

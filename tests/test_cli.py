@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import MJPEGServer, write_video
+from conftest import MJPEGServer, checks_surface, tiny_detector, write_video
 from patchloupe.cli import main
 
 
@@ -313,3 +313,29 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.C
 def test_console_script_installed() -> None:
     r = subprocess.run([sys.executable, "-m", "patchloupe.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "inspect" in r.stdout and "fit" in r.stdout
+
+
+def test_cli_inspect_with_a_pool(small_selfref_detector, tmp_path, capsys) -> None:  # noqa: ANN001
+    model = small_selfref_detector.save(tmp_path / "m")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for s in range(8):
+        cv2.imwrite(str(folder / f"{s:02d}.png"), checks_surface(s))
+    out = tmp_path / "o"
+    assert main(["inspect", str(folder), "--model", str(model), "--out", str(out), "--pool", "4", "-q"]) == 0
+    text = capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and "scored against the stream pool" in text
+    pooled = small_selfref_detector.pooled(size=4)
+    files = sorted(folder.iterdir())
+    expected = [r.score for r in pooled.inspect_many([str(f) for f in files])]
+    by_name = {Path(r["source"]).name: r["score"] for r in rows}
+    np.testing.assert_allclose([by_name[f.name] for f in files], expected, atol=1e-4)
+    assert pooled.scorer.stats()["pooled"] > 0
+
+
+def test_cli_inspect_pool_needs_a_selfref_model(tmp_path, capsys) -> None:  # noqa: ANN001
+    model = tiny_detector().save(tmp_path / "m")
+    cv2.imwrite(str(tmp_path / "a.png"), checks_surface(0))
+    rc = main(["inspect", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o"), "--pool", "4"])
+    assert rc == 2 and "selfref" in capsys.readouterr().err

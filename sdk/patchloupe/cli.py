@@ -73,6 +73,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     outputs = RunOutputs(args.out, save=save, echo=sys.stdout if args.json else None)  # fails now if unwritable
     try:
         det = _load(args.model)
+        if args.pool:
+            det = det.pooled(args.pool)
     except BaseException:
         outputs.close()
         raise
@@ -137,6 +139,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     extra = f", {st.dropped} dropped" if st.dropped else ""
     extra += f", {st.reconnects} reconnects" if st.reconnects else ""
     extra += f"; stopped by {stopped_by[0]}" if stopped_by else ""
+    if args.pool:
+        extra += f"; {det.scorer.pooled} scored against the stream pool"
     summary = f"{st.inspected} inspected, {st.flagged} anomalous, {st.failed} failed{extra}; results in {args.out}"
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if stopped_by and not source.endless:
@@ -353,6 +357,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cameras and streams: give up after N failed reconnects in a row (default: retry forever)",
+    )
+    s.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also compare each image with the last N inspected while the stream has drifted from the fitted surface "
+        "(a product or texture change; Detector.pooled; selfref models; default 0: off)",
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
     s.set_defaults(func=cmd_inspect)

@@ -4,6 +4,7 @@ and never looks at which scorer it holds: scoring rules live in the scorer modul
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -152,6 +153,23 @@ class Detector:
         from patchloupe.stream import stream
 
         return stream(self, source, **kwargs)
+
+    def pooled(self, size: int = 16, **options: Any) -> Detector:
+        """A new detector that also compares each image with the last ``size`` images it inspected, but only while
+        the stream has drifted from the fitted surface and its recent images resemble each other (a change of
+        product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``, ``drift_quantile=``,
+        ``closest=``). Results then depend on what was inspected before, in order: use one per stream. It shares
+        this detector's fitted scorer and copies its config (threshold included); ``save`` writes the fitted model,
+        ``export`` refuses. Needs the ``selfref`` scorer (``TypeError`` otherwise).
+
+        Example:
+            >>> det = Detector.load("model_dir").pooled()          # doctest: +SKIP
+            >>> for r in det.stream("rtsp://10.0.0.5/line1"): ...  # doctest: +SKIP
+        """
+        from patchloupe.scorers.stream_pool import PoolConfig, StreamPool
+
+        pool = StreamPool(self.scorer, PoolConfig(size=size, **options))
+        return type(self)(pool, copy.deepcopy(self.config))
 
     def _threshold(self, threshold: float | None) -> float:
         return self.threshold if threshold is None else check_threshold(threshold)

@@ -471,6 +471,14 @@ class SelfRefScorer(Scorer):
         skipped and its ``s`` is ``+inf`` (``min(s, m)`` is then ``m``). ``cells``, the clipped share per feature
         cell (:func:`clipped_cells`), is None unless ``combine="gate"``, ``clip_cells`` < 1 and an image of the batch
         goes to ``min(s, m)`` (only there is it read)."""
+        return self.parts_and_features(x, every, branch)[0]
+
+    @torch.inference_mode()
+    def parts_and_features(
+        self, x: torch.Tensor, every: bool = False, branch: str = "auto"
+    ) -> tuple[SelfRefParts, torch.Tensor]:
+        """:meth:`parts` and the features they were computed from ``(B, C, h, w)`` (one trunk pass; a reference
+        of other images, ``patchloupe.scorers.stream_pool``, compares them)."""
         if branch not in ("auto", "near", "far"):
             raise ValueError(f"branch must be 'auto', 'near' or 'far', got {branch!r}")
         gate = self.config.combine == "gate"
@@ -485,7 +493,7 @@ class SelfRefScorer(Scorer):
         cells = None  # only min(s, m) reads them: computed when an image goes there
         if gate and self.config.clip_cells < 1.0 and not bool(near.all()):
             cells = self._cells(x, px, d.shape[-2:]).to(d.device)
-        return SelfRefParts(s, d, c, clipped, cells)
+        return SelfRefParts(s, d, c, clipped, cells), f
 
     def _memory_parts(
         self, x: torch.Tensor

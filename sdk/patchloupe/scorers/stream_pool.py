@@ -1,0 +1,256 @@
+"""A reference of recent images for a stream whose surface has drifted from the fitted one (opt-in, stateful).
+
+The default scorer (``selfref``) calls a position normal when it matches the training memory (``m``) or, for an
+image its gate sees as another surface, the image's own pattern (``s``). After a texture change that the gate does
+not see, the memory is the wrong reference. :class:`StreamPool` wraps a fitted ``selfref`` scorer and keeps the
+features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). For each image, in order:
+
+1. **drift**: the ``drift_quantile`` quantile, over the image and its pool, of each image's median ``m`` (~1 on the
+   fitted surface). At most ``drift``: the image is scored exactly as the wrapped scorer scores it (no extra work).
+2. **likeness** (only past the drift level): ``P``, each position's distance to its nearest position in each pool
+   image, averaged over the ``closest`` share of pool images nearest there; the image's likeness is its median
+   ``P`` over its median raw memory distance, and the gate reads the median of that over the image and the pool
+   images that had one. A changed surface resembles the other recent parts far more than the memory (measured
+   0.21-0.77); a burst of defective parts of the fitted surface does not (magnetic tile: 1.17-1.23; fitted and relit
+   sets 0.96-1.11). At ``likeness`` or above: the wrapped scorer's map.
+3. **pool rule** (both gates open): ``M = P`` divided by the median of the medians of ``P`` over the image and its
+   pool (a running normaliser: ~1 on normal texture); an image the wrapped scorer's gate gives to the memory gets
+   ``min(m, M)``, any other ``min(s, m, M)`` with clipped cells capped at 1, blurred like the memory map and mapped
+   to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning.
+
+A result depends on the images scored before it: one ``StreamPool`` per stream, in the stream's order, not shared
+between threads; :meth:`StreamPool.reset` forgets the pool. Windows of a large image are pool members like whole
+images. Saving a detector that holds one saves the fitted model it wraps (the pool is run-time state); exported
+graphs cannot hold it. Settings were chosen on the generated families and magnetic tile: docs/benchmarks.md,
+sections 15-16.
+
+Example:
+    >>> det = Detector.load("model_dir").pooled()        # doctest: +SKIP
+    >>> for r in det.inspect_many(frames): ...           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+
+from patchloupe.scorers.base import Scorer, patch_maxima
+from patchloupe.scorers.memory import to_batch
+from patchloupe.scorers.selfref import cap_clipped
+
+__all__ = ["PoolConfig", "StreamPool", "cross_nearest", "pool_distance"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Settings of :class:`StreamPool` (see the module docstring for what each one gates)."""
+
+    size: int = 16  # images held
+    drift: float = 1.2  # the drift level above which the pool is considered
+    drift_quantile: float = 0.25  # quantile over the image and its pool of each image's median m
+    likeness: float = 0.9  # the pool is used only while the stream's likeness is below this
+    closest: float = 0.3  # share of pool images averaged at each position
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size must be an integer >= 1, got {self.size!r}")
+        for name in ("drift", "likeness"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        for name in ("drift_quantile", "closest"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+
+
+class _Seen(NamedTuple):
+    """What the pool keeps of one scored image."""
+
+    features: torch.Tensor  # (C, h, w)
+    drift: float  # its median scaled memory distance
+    pool_median: float  # median raw pool distance (nan: not measured, the drift gate was closed)
+    likeness: float  # pool_median over its median raw memory distance (nan: not measured)
+
+
+def cross_nearest(q: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """Features of one image ``(C, h, w)`` and of ``P`` pool images ``(P, C, h, w)`` -> ``(P, h w)``: each position's
+    Euclidean distance to the nearest position of each pool image."""
+    a = q.flatten(1).T.float()  # (N, C)
+    r = pool.flatten(2).transpose(1, 2).float()  # (P, N', C)
+    d2 = a.square().sum(-1)[None, :, None] - 2.0 * (a[None] @ r.transpose(1, 2)) + r.square().sum(-1)[:, None, :]
+    return d2.amin(-1).clamp_min(0.0).sqrt()
+
+
+def pool_distance(q: torch.Tensor, pool: torch.Tensor, closest: float) -> torch.Tensor:
+    """:func:`cross_nearest` ``(P, h w)`` -> ``(h w,)``: at each position the mean over the ``closest`` share of pool
+    images (at least one) nearest there, in feature units."""
+    d = cross_nearest(q, pool)
+    k = max(1, round(closest * d.shape[0]))
+    return d.topk(k, dim=0, largest=False).values.mean(0)
+
+
+def _finite(values: list[float]) -> torch.Tensor:
+    return torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float32)
+
+
+class StreamPool(Scorer):
+    """A fitted ``selfref`` scorer plus a pool of the last ``config.size`` images it scored (module docstring)."""
+
+    pixel_rule: ClassVar[str] = "resize"
+
+    def __init__(self, base: Scorer, config: PoolConfig | None = None) -> None:
+        if isinstance(base, StreamPool):
+            base = base.base
+        if not hasattr(base, "parts_and_features"):
+            raise TypeError(
+                f"a stream pool needs the self-reference scorer ('selfref', the default of Detector.fit), "
+                f"not a {base.name!r} scorer ({type(base).__name__})"
+            )
+        self.base: Any = base
+        self.config = config or PoolConfig()
+        self.image_size = base.image_size
+        self.grid = base.grid
+        self._pool: deque[_Seen] = deque(maxlen=self.config.size)
+        self._open = False
+        #: images scored, and how many of them the pool rule scored
+        self.seen = 0
+        self.pooled = 0
+        #: for each image of the last ``infer`` call, whether the pool rule scored it
+        self.last_pooled: list[bool] = []
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.base.name
+
+    @property
+    def entries(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.base.entries
+
+    def reset(self) -> None:
+        """Forget the pool (e.g. when the stream moves to another product on purpose)."""
+        self._pool.clear()
+        self._open = False
+        self.last_pooled = []
+
+    def stats(self) -> dict[str, Any]:
+        """``{"seen", "pooled", "open", "held", "config"}``: images scored, scored by the pool rule, whether the
+        last image was, images held."""
+        return {"seen": self.seen, "pooled": self.pooled, "open": self._open, "held": len(self._pool),
+                "config": asdict(self.config)}  # fmt: skip
+
+    # ------------------------------------------------------------------ the Scorer contract, delegated
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return self.base.prepare(image)
+
+    def settings(self) -> dict[str, Any]:
+        return self.base.settings()
+
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        return self.base.tensors()
+
+    @classmethod
+    def from_saved(cls, settings: Any, tensors: Any, image_size: Any, grid: Any) -> Scorer:
+        raise TypeError("a stream pool is run-time state: load the fitted model and call Detector.pooled()")
+
+    def to(self, device: Any) -> StreamPool:
+        self.base.to(device)
+        self._pool = deque((s._replace(features=s.features.to(device)) for s in self._pool), maxlen=self.config.size)
+        return self
+
+    @property
+    def device(self) -> Any:
+        return self.base.device
+
+    def flops(self) -> int:
+        """The wrapped scorer's FLOPs (the pool search, ``2 P N^2 C``, runs only while the stream has drifted)."""
+        return self.base.flops()
+
+    def num_params(self) -> int:
+        return self.base.num_params()
+
+    def export_module(self, half: bool = False, **_: Any) -> Any:
+        raise ValueError(
+            "a stream pool cannot be exported (it is state of the stream, not of the model): export the detector "
+            "without it"
+        )
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float ``(B, 3, H, W)``, in stream order -> maps ``(B, H, W)`` (unnormalised); updates the pool."""
+        sc = self.base
+        size = tuple(x.shape[-2:])
+        p, f = sc.parts_and_features(x)
+        out = sc.blend(p.s, p.d, p.c, size, p.clipped, p.cells)
+        m = p.d / sc.config.memory_scale
+        near = sc.near(p.d, p.clipped)
+        flags = []
+        for i in range(x.shape[0]):
+            big_m = self._step(f[i], m[i], p.d[i])
+            flags.append(big_m is not None)
+            if big_m is None:
+                continue
+            if bool(near[i]):
+                rule = torch.minimum(m[i], big_m)
+            else:
+                cells = None if p.cells is None else p.cells[i : i + 1]
+                low = torch.minimum(torch.minimum(p.s[i], m[i]), big_m)
+                rule = cap_clipped(low[None], cells, sc.config.clip_cells)[0]
+            out[i] = sc.memory._blurred(rule[None], size)[0]
+        self.last_pooled = flags
+        return out
+
+    def _step(self, f: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+        """One image's features ``(C, h, w)``, scaled and raw memory distances ``(h, w)`` -> ``M`` ``(h, w)`` when
+        both gates are open, else None; the image joins the pool either way."""
+        cfg = self.config
+        drift = float(m.flatten().quantile(0.5))
+        pool = list(self._pool)
+        big_m, pool_median, likeness = None, math.nan, math.nan
+        if pool:
+            level = float(torch.tensor([drift, *(s.drift for s in pool)]).quantile(cfg.drift_quantile))
+            if level > cfg.drift:
+                raw = pool_distance(f, torch.stack([s.features for s in pool]), cfg.closest)
+                pool_median = float(raw.median())
+                likeness = pool_median / max(float(d.flatten().median()), 1e-6)
+                stream_likeness = float(_finite([likeness, *(s.likeness for s in pool)]).quantile(0.5))
+                if stream_likeness < cfg.likeness:
+                    norm = float(_finite([pool_median, *(s.pool_median for s in pool)]).median())
+                    big_m = (raw / max(norm, 1e-6)).reshape(m.shape).to(m.dtype)
+                self._note(big_m is not None, level, stream_likeness)
+            else:
+                self._note(False, level, None)
+        self._pool.append(_Seen(f.detach().clone(), drift, pool_median, likeness))
+        self.seen += 1
+        self.pooled += big_m is not None
+        return big_m
+
+    def _note(self, now: bool, level: float, likeness: float | None) -> None:
+        """Log the pool rule starting (a warning: the surface changed) and stopping."""
+        if now and not self._open:
+            log.warning(
+                "the stream has drifted from the fitted surface (drift level %.2f > %.2f) and its recent images "
+                "resemble each other (likeness %.2f < %.2f): scoring against them as well",
+                level, self.config.drift, likeness, self.config.likeness,
+            )  # fmt: skip
+        elif self._open and not now:
+            why = f"drift level {level:.2f}" if likeness is None else f"likeness {likeness:.2f}"
+            log.info("the stream pool is no longer used (%s)", why)
+        self._open = now
+
+    @torch.inference_mode()
+    def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(B, H', W', 3)`` in stream order -> patch scores ``(B, rows, cols)`` and maps ``(B, H', W')`` in
+        [0, 1), as the wrapped scorer's; updates the pool."""
+        x = to_batch(inputs).to(self.device)
+        amap = (-torch.expm1(-self.raw_map(x) / self.base.config.scale)).float().cpu().numpy()
+        return patch_maxima(amap, self.grid), amap

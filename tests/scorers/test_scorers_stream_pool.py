@@ -1,0 +1,108 @@
+"""The stream pool (``patchloupe.scorers.stream_pool``): a reference of recent images, used only on a drifted stream."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import checks_surface, striped_surface
+from patchloupe import Detector
+from patchloupe.scorers.stream_pool import PoolConfig, StreamPool, cross_nearest, pool_distance
+
+
+def _scores(det: Detector, images: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
+    return np.array([r.score for r in det.inspect_many(images, batch_size=batch_size, keep_image=False)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"size": 0},
+        {"size": 2.5},
+        {"size": True},
+        {"drift": 0.0},
+        {"drift": math.nan},
+        {"likeness": -1.0},
+        {"drift_quantile": 0.0},
+        {"closest": 1.5},
+        {"closest": "0.3"},
+    ],  # fmt: skip
+)
+def test_config_rejects_bad_settings(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        PoolConfig(**bad)
+
+
+def test_pool_distance_is_the_mean_over_the_closest_pool_images() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, pool = torch.randn(5, 3, 4, generator=g), torch.randn(6, 5, 3, 4, generator=g)
+    ref = torch.stack([torch.cdist(q.flatten(1).T, p.flatten(1).T).amin(1) for p in pool])  # (P, N)
+    torch.testing.assert_close(cross_nearest(q, pool), ref, atol=1e-4, rtol=1e-4)
+    k = round(0.3 * 6)  # 2 of 6
+    torch.testing.assert_close(pool_distance(q, pool, 0.3), ref.sort(0).values[:k].mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pool_distance(q, pool[:1], 0.3), ref[0], atol=1e-4, rtol=1e-4)  # at least one
+
+
+def test_on_the_fitted_surface_the_pool_changes_nothing(small_selfref_detector: Detector) -> None:
+    base = small_selfref_detector
+    pooled = base.pooled(size=4)
+    images = [striped_surface(s) for s in range(10)] + [striped_surface(7, hole=True)]  # training images: no drift
+    np.testing.assert_allclose(_scores(pooled, images), _scores(base, images), atol=1e-6)
+    st = pooled.scorer.stats()
+    assert st["seen"] == 11 and st["pooled"] == 0 and st["held"] == 4 and not st["open"]
+
+
+def test_after_a_texture_change_the_pool_scores_the_stream(small_selfref_detector: Detector) -> None:
+    base = small_selfref_detector
+    pooled = base.pooled(size=8)
+    stream = [checks_surface(s) for s in range(12)]
+    defect, good = checks_surface(99, hole=True), checks_surface(98)
+    scores = _scores(pooled, [*stream, defect, good])
+    st = pooled.scorer.stats()
+    assert st["pooled"] > 0 and st["open"]
+    assert pooled.scorer.last_pooled[-2:] == [True, True]
+    assert scores[-2] > scores[-1]  # the defect of the new surface stands out against its pool
+    again = base.pooled(size=8)
+    one_by_one = [again.inspect(im).score for im in [*stream, defect, good]]
+    np.testing.assert_allclose(one_by_one, scores, atol=1e-5)  # batching does not change a stream's scores
+
+
+def test_likeness_gate_keeps_the_fitted_scores_when_recent_images_differ(small_selfref_detector: Detector) -> None:
+    base = small_selfref_detector
+    strict = base.pooled(size=8, likeness=1e-6)  # no stream is that alike: the pool is never used
+    images = [checks_surface(s) for s in range(10)]
+    np.testing.assert_allclose(_scores(strict, images), _scores(base, images), atol=1e-6)
+    assert strict.scorer.stats()["pooled"] == 0
+
+
+def test_reset_forgets_the_pool(small_selfref_detector: Detector) -> None:
+    pooled = small_selfref_detector.pooled(size=4)
+    images = [checks_surface(s) for s in range(6)]
+    first = _scores(pooled, images)
+    pooled.scorer.reset()
+    assert pooled.scorer.stats()["held"] == 0
+    np.testing.assert_allclose(_scores(pooled, images), first, atol=1e-6)  # the same stream again, the same scores
+
+
+def test_pooled_detector_copies_the_config_and_saves_the_fitted_model(small_selfref_detector, tmp_path) -> None:  # noqa: ANN001
+    base = small_selfref_detector
+    pooled = base.pooled()
+    pooled.threshold = 0.99
+    assert base.threshold != 0.99
+    assert isinstance(pooled.scorer, StreamPool) and pooled.scorer.base is base.scorer
+    assert isinstance(pooled.pooled(size=4).scorer.base, type(base.scorer))  # no pool inside a pool
+    loaded = Detector.load(pooled.save(tmp_path / "m"))
+    assert loaded.config.scorer == "selfref" and not isinstance(loaded.scorer, StreamPool)
+    img = [striped_surface(3)]
+    np.testing.assert_allclose(_scores(loaded, img), _scores(base, img), atol=1e-5)
+
+
+def test_pool_refuses_other_scorers_and_export(small_memory_detector, small_selfref_detector, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(TypeError, match="selfref"):
+        small_memory_detector.pooled()
+    with pytest.raises(ValueError, match="cannot be exported"):
+        small_selfref_detector.pooled().export(tmp_path / "m.onnx")
+    with pytest.raises(TypeError):
+        StreamPool.from_saved({}, {}, (64, 64), (4, 4))
