@@ -21,7 +21,10 @@ images whose stream has drifted: the ``q`` quantile, over the image and its pool
 memory's scaled distance), above ``T`` (rules ``drift q{q}>{T} {pool}``: [share of images gated, image AUROC, pixel
 AUROC]). With ``--likes R`` as well the gate also asks that the recent images resemble each other more than the
 memory (``pool_likeness``: median pool distance over median memory distance, the quantile over the image and its
-pool, below ``R``; on the q = 0.25 median gate at the largest ``T``), which a burst of defects does not. Rows: every
+pool, below ``R``; on the q = 0.25 median gate at the largest ``T``), which a burst of defects does not. With
+``--sdk`` the SDK's build of that rule (``Detector.pooled(P)``, ``patchloupe.scorers.stream_pool``) is run over the
+``stream-P`` / ``sorted-P`` orders too (rules ``sdk {pool}``: [share of images the pool rule scored, image AUROC,
+pixel AUROC]); it measures likeness only for images past the drift level. Rows: every
 family fitted on each style and evaluated on both (targets 1 and 4), and with ``--lighting`` the style-0 fit on the
 gain / gamma / gradient copies of ``robustness.py`` (target 2), and with ``--tile`` magnetic tile (maps and masks at
 256 x 256; a random pool: every pair of 640 images would take hours here).
@@ -83,10 +86,30 @@ def pool_members(n: int, pool: str, seed: int) -> list[list[int]]:
         at = {int(v): k for k, v in enumerate(order)}
         return [[int(order[(at[i] - t) % n]) for t in range(1, p + 1)] for i in range(n)]
     if kind in ("stream", "sorted"):  # a live stream: the (up to) p images before i, none before the first
-        order = rng.permutation(n) if kind == "stream" else np.arange(n)  # sorted: the test set's file order
+        order = stream_order(n, pool, seed)
         at = {int(v): k for k, v in enumerate(order)}
         return [[int(order[at[i] - t]) for t in range(1, min(p, at[i]) + 1)] for i in range(n)]
     raise ValueError(f"unknown pool {pool!r}")
+
+
+def stream_order(n: int, pool: str, seed: int) -> np.ndarray:
+    """The order in which a ``stream-P`` (seeded random) or ``sorted-P`` (file order) pool sees ``n`` images."""
+    return np.random.default_rng(seed).permutation(n) if pool.startswith("stream") else np.arange(n)
+
+
+def sdk_maps(det: Any, imgs: list[np.ndarray], pool: str, seed: int, batch: int = 8) -> tuple[torch.Tensor, float]:
+    """The SDK's stream pool (``det.pooled(P)``) over ``imgs`` (at the model size) in ``pool``'s order -> its maps
+    ``(B, H, W)`` in [0, 1) in the set's order, and the share of images the pool rule scored."""
+    pooled = det.pooled(int(pool.rsplit("-", 1)[1]))
+    order = stream_order(len(imgs), pool, seed)
+    out: list[torch.Tensor | None] = [None] * len(imgs)
+    for k in range(0, len(order), batch):
+        idx = [int(i) for i in order[k : k + batch]]
+        _, amap = pooled.scorer.infer(np.stack([imgs[i] for i in idx]))
+        for i, a in zip(idx, amap, strict=True):
+            out[i] = torch.from_numpy(a)
+    st = pooled.scorer.stats()
+    return torch.stack(out), st["pooled"] / max(st["seen"], 1)  # type: ignore[arg-type]
 
 
 def raw_pool_distance(f: torch.Tensor, members: list[list[int]], closest: float) -> torch.Tensor:
@@ -172,6 +195,7 @@ def measure(
     drifts: tuple[float, ...] = (),
     spatials: tuple[float, ...] = (0.5,),
     likes: tuple[float, ...] = (),
+    sdk: bool = False,
 ) -> dict[str, Any]:
     """Image / pixel AUROC of each rule on ``folder``'s test set for the fitted default scorer ``det``."""
     from patchloupe.metrics import image_auroc, pixel_auroc
@@ -237,6 +261,9 @@ def measure(
                 mixed = torch.where(on[:, None, None], blurred, default)
                 row[f"drift q0.25>{max(drifts)} like<{rho} {pool}"] = [round(float(on.float().mean()), 3),
                                                                        *score(mixed, grid=False)]  # fmt: skip
+        if sdk and pool.startswith(("stream", "sorted")):
+            maps, share = sdk_maps(det, imgs, pool, seed)
+            row[f"sdk {pool}"] = [round(share, 3), *score(maps, grid=False)]
         row[f"pool {pool} s"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -283,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drifts", default="", help="comma list of drift levels: the pool rule only on drifted streams")
     p.add_argument("--drift-spatial", default="0.5", help="comma list: the quantile of m within an image (0.5)")
     p.add_argument("--likes", default="", help="comma list: also gate on pool likeness below these (with --drifts)")
+    p.add_argument("--sdk", action="store_true", help="also the SDK's Detector.pooled() on stream-P / sorted-P pools")
     p.add_argument("--summary", default="", help="print the per-rule target summary of this run's JSON and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -307,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_args = SimpleNamespace(max_train=0, seed=a.seed)
     rows: list[dict[str, Any]] = []
     out = Path(a.out)
-    opts = {"closest": a.closest, "seed": a.seed, "drifts": drifts, "spatials": spatials, "likes": likes}
+    opts = {"closest": a.closest, "seed": a.seed, "drifts": drifts, "spatials": spatials, "likes": likes,
+            "sdk": a.sdk}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def add(row: dict[str, Any]) -> None:

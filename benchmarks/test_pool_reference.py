@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from pool_reference import (
@@ -13,6 +14,8 @@ from pool_reference import (
     pool_likeness,
     pool_members,
     raw_pool_distance,
+    sdk_maps,
+    stream_order,
     summarize,
 )
 
@@ -109,3 +112,33 @@ def test_summarize_reports_the_worst_drops_per_rule() -> None:
     got = summarize(rows)["default"]
     assert got["t1_img"] == pytest.approx(5.0) and got["t1_pix"] == pytest.approx(8.0)
     assert got["t2_img"] == pytest.approx(3.0) and got["fitted_min"] == [0.95, 0.97] and got["tile"] is None
+
+
+@pytest.mark.parametrize("pool", ["stream-3", "sorted-3"])
+def test_sdk_maps_feed_the_stream_order_and_return_the_set_order(pool: str) -> None:
+    class Scorer:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def infer(self, x: np.ndarray) -> tuple[None, np.ndarray]:
+            self.seen += [int(v) for v in x[:, 0, 0, 0]]
+            return None, x[..., 0].astype(np.float32)
+
+        def stats(self) -> dict[str, int]:
+            return {"pooled": 2, "seen": len(self.seen)}
+
+    class Det:
+        def pooled(self, size: int):  # noqa: ANN202
+            assert size == 3
+            self.scorer = Scorer()
+            return self
+
+    imgs = [np.full((4, 4, 3), i, np.uint8) for i in range(7)]
+    det = Det()
+    maps, share = sdk_maps(det, imgs, pool, seed=2, batch=3)
+    assert det.scorer.seen == [int(i) for i in stream_order(7, pool, 2)]
+    assert [float(m[0, 0]) for m in maps] == list(range(7)) and share == pytest.approx(2 / 7)
+    members = pool_members(7, pool, seed=2)
+    order = list(det.scorer.seen)
+    for k, i in enumerate(order):  # the benchmark's pool of each image is what the SDK held before it
+        assert members[i] == order[max(0, k - 3) : k][::-1]
