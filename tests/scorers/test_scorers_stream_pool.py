@@ -106,3 +106,8 @@ def test_pool_refuses_other_scorers_and_export(small_memory_detector, small_self
         small_selfref_detector.pooled().export(tmp_path / "m.onnx")
     with pytest.raises(TypeError):
         StreamPool.from_saved({}, {}, (64, 64), (4, 4))
+
+
+def test_pool_refuses_the_built_in_model() -> None:
+    with pytest.raises(ValueError, match="combine='gate'"):
+        Detector.load().pooled()  # combine="self": the pool rule was not measured for it

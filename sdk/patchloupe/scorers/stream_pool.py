@@ -115,6 +115,11 @@ class StreamPool(Scorer):
                 f"a stream pool needs the self-reference scorer ('selfref', the default of Detector.fit), "
                 f"not a {base.name!r} scorer ({type(base).__name__})"
             )
+        if base.config.combine != "gate":
+            raise ValueError(
+                f"a stream pool is built for the fitted default scorer (combine='gate'); this model combines with "
+                f"{base.config.combine!r} (the built-in model, Detector.load(), is combine='self': fit on your images)"
+            )
         self.base: Any = base
         self.config = config or PoolConfig()
         self.image_size = base.image_size
