@@ -5,7 +5,9 @@ decodes ahead of inference; the queue holds at most ``queue_size`` frames, so me
 the source is. When inference falls behind a live source (camera, network stream) and ``drop`` is on (the
 default for live sources), the oldest queued frame is dropped and counted; files, folders, videos and hot
 folders are never dropped (the reader waits instead). ``Stream.stop()`` (e.g. from a signal handler) ends
-the run after the batch in flight.
+the run after the batch in flight. A detector from ``Detector.pooled()`` (``patchloupe inspect --pool N``) also
+compares each frame with the frames before it once the stream has drifted from the fitted surface
+(``patchloupe.scorers.stream_pool``); a stream drives it in order, so one pooled detector serves one stream.
 
 Example:
     >>> from patchloupe.stream import stream
