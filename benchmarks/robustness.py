@@ -20,8 +20,8 @@ Scorers: ``selfref`` (patchloupe.scorers.selfref) and its variants ``selfref-<na
 ``memory``, ``pattern`` (``Detector.fit`` with ``--pattern-steps``), ``patchcore`` (benchmarks/patchcore.py:
 MobileNetV2, 10 % greedy coreset, no extras) and ``selfref-pool`` (the ``selfref`` fit with ``Detector.pooled()``,
 a fresh stream pool per test set, inspected in file order; ``pooled_share``: the share of images the pool rule
-scored). Every model is fitted once per training set and evaluated on all
-its test sets, so the fits are shared between targets 1, 2 and 4.
+scored; ``selfref-pool-c50`` averages the closest half of the pool: POOLS below). Every model is fitted once per
+training set and evaluated on all its test sets, so the fits are shared between targets 1, 2 and 4.
 
 Usage:
   python benchmarks/robustness.py --quick --out runs/robustness_quick.json
@@ -78,6 +78,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selfref-q10": {"gate_quantile": 0.1},
     "selfref-nocap": {"clip_cells": 1.0},
 }
+#: stream-pool variants (``Detector.pooled`` options) of the ``selfref`` fit
+POOLS: dict[str, dict[str, Any]] = {"selfref-pool": {}, "selfref-pool-c50": {"closest": 0.5}}
 LIGHTING = ("gain", "gamma", "gradient")
 KEYS = (
     "image_auroc", "pixel_auroc", "aupro", "f1_max", "n_images", "latency_ms_median", "tp", "fp", "tn", "fn",
@@ -142,12 +144,12 @@ def fit_model(name: str, train_dir: Path | list[np.ndarray], args: argparse.Name
         if name == "selfref" and isinstance(train_dir, Path):
             _FITTED[(str(train_dir), len(images), args.seed)] = det
         return det
-    if name == "selfref-pool":
+    if name in POOLS:
         key = (str(train_dir), len(images), args.seed) if isinstance(train_dir, Path) else None
         det = _FITTED.get(key) if key else None
         if det is None:
             det = _fit_selfref(images, {}, args.seed)
-        return PooledInspector(det)
+        return PooledInspector(det, POOLS[name])
     raise ValueError(f"unknown scorer {name!r}")
 
 
@@ -155,11 +157,11 @@ class PooledInspector:
     """The default ``selfref`` detector with a stream pool (``Detector.pooled()``), a fresh pool per evaluated
     folder: each test set is one stream, inspected in its file order (defects of one kind in a run)."""
 
-    def __init__(self, det: Any) -> None:
-        self.det = det
+    def __init__(self, det: Any, options: dict[str, Any]) -> None:
+        self.det, self.options = det, options
 
     def evaluate(self, folder: Path) -> dict[str, Any]:
-        pooled = self.det.pooled()
+        pooled = self.det.pooled(**self.options)
         res = pooled.evaluate(folder)
         stats = pooled.scorer.stats()
         res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
