@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import robustness
 from patchloupe.data import MVTecCategory, read_image, write_image
-from robustness import lighting_copy, markdown, summarise
+from robustness import PooledInspector, fit_model, lighting_copy, markdown, summarise
 
 
 def _category(root: Path) -> Path:
@@ -62,3 +65,32 @@ def test_summarise_reports_worst_drops_and_patchcore_margin() -> None:
     assert s["t6_worst_far"] == 0.02 and s["t6_worst_recall_gap_pts"] == 30.0
     table = markdown(rows)
     assert "| cloth | style0 | style1 | none | 0.900 / 0.960 | - |" in table
+
+
+def test_pool_variants_share_the_selfref_fit_and_start_a_fresh_pool_per_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fits, pools = [], []
+
+    class Pooled:
+        def __init__(self, options: dict) -> None:
+            self.options, self.scorer = options, SimpleNamespace(stats=lambda: {"pooled": 3, "seen": 4})
+
+        def evaluate(self, folder: Path) -> dict:
+            return {"image_auroc": 0.5, "folder": folder}
+
+    class Det:
+        def pooled(self, **options: float) -> Pooled:
+            pools.append(Pooled(options))
+            return pools[-1]
+
+    monkeypatch.setattr(robustness, "_fit_selfref", lambda images, overrides, seed: fits.append(1) or Det())
+    monkeypatch.setattr(robustness, "_FITTED", {})
+    train = _category(tmp_path / "c") / "train" / "good"
+    args = SimpleNamespace(max_train=0, seed=0)
+    fit_model("selfref", train, args)
+    model = fit_model("selfref-pool-c50", train, args)
+    assert isinstance(model, PooledInspector) and len(fits) == 1  # the selfref fit of the same run, reused
+    a, b = model.evaluate(tmp_path / "x"), model.evaluate(tmp_path / "y")
+    assert len(pools) == 2 and pools[0] is not pools[1] and pools[0].options == {"closest": 0.5}
+    assert a["pooled_share"] == b["pooled_share"] == 0.75 and b["folder"] == tmp_path / "y"
