@@ -65,11 +65,10 @@ GEN = {"n_train": 40, "n_test_good": 20, "n_test_defect_per_kind": 4, "size": 25
 
 def cross_nearest(f: torch.Tensor, i: int, others: list[int]) -> torch.Tensor:
     """Features ``(B, C, h, w)`` -> ``(len(others), h w)``: each position of image ``i``'s distance to the nearest
-    position of each image in ``others``."""
-    q = f[i].flatten(1).T.float()  # (N, C)
-    r = f[others].flatten(2).transpose(1, 2).float()  # (P, N, C)
-    d2 = q.square().sum(-1)[None, :, None] - 2.0 * (q[None] @ r.transpose(1, 2)) + r.square().sum(-1)[:, None, :]
-    return d2.amin(-1).clamp_min(0.0).sqrt()
+    position of each image in ``others`` (the SDK's ``stream_pool.cross_nearest``)."""
+    from patchloupe.scorers.stream_pool import cross_nearest as nearest
+
+    return nearest(f[i], f[others])
 
 
 def pool_members(n: int, pool: str, seed: int) -> list[list[int]]:

@@ -10,9 +10,9 @@ features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). 
 2. **likeness** (only past the drift level): ``P``, each position's distance to its nearest position in each pool
    image, averaged over the ``closest`` share of pool images nearest there; the image's likeness is its median
    ``P`` over its median raw memory distance, and the gate reads the median of that over the image and the pool
-   images that had one. A changed surface resembles the other recent parts far more than the memory (measured
-   0.21-0.77); a burst of defective parts of the fitted surface does not (magnetic tile: 1.17-1.23; fitted and relit
-   sets 0.96-1.11). At ``likeness`` or above: the wrapped scorer's map.
+   images that had one. A changed surface resembles the other recent parts far more than the memory; a burst of
+   defective parts of the fitted surface does not (the measured values: docs/benchmarks.md, section 15). At
+   ``likeness`` or above: the wrapped scorer's map.
 3. **pool rule** (both gates open): ``M = P`` divided by the median of the medians of ``P`` over the image and its
    pool (a running normaliser: ~1 on normal texture); an image the wrapped scorer's gate gives to the memory gets
    ``min(m, M)``, any other ``min(s, m, M)`` with clipped cells capped at 1, blurred like the memory map and mapped
