@@ -113,14 +113,15 @@ def sdk_maps(det: Any, imgs: list[np.ndarray], pool: str, seed: int, batch: int 
 
 def raw_pool_distance(f: torch.Tensor, members: list[list[int]], closest: float) -> torch.Tensor:
     """Features ``(B, C, h, w)`` and each image's pool -> ``(B, h w)``: at each position the mean distance to the
-    ``closest`` share of pool images nearest there, in feature units (an image with no pool gets ``inf``)."""
+    ``closest`` share of pool images nearest there, in feature units (an image with no pool gets ``inf``; the SDK's
+    ``stream_pool.pool_distance`` per image)."""
+    from patchloupe.scorers.stream_pool import pool_distance as sdk_pool_distance
+
     out = torch.full((f.shape[0], f.shape[2] * f.shape[3]), math.inf)
     for i, others in enumerate(members):
         if not others:  # the first image of a stream: no pool yet
             continue
-        d = cross_nearest(f, i, others)
-        k = max(1, round(closest * len(others)))
-        out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
+        out[i] = sdk_pool_distance(f[i], f[others], closest)
     return out
 
 
