@@ -341,6 +341,8 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     from patchloupe.train.default_selfref import build_default_selfref
 
     def model_for(name: str, train: list[Any]) -> Any:
+        if name in ("builtin-heldout-pool", "builtin-pool"):  # the zero-shot model with a stream pool, file order
+            return PooledInspector(model_for(name.removesuffix("-pool"), train), {})
         if name == "builtin-heldout":
             return build_default_selfref(images=train, seed=args.seed)
         if name.startswith("builtin"):

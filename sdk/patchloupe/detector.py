@@ -160,8 +160,8 @@ class Detector:
         product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``, ``drift_quantile=``,
         ``closest=``). Results then depend on what was inspected before, in order: use one per stream. It shares
         this detector's fitted scorer and copies its config (threshold included); ``save`` writes the fitted model,
-        ``export`` refuses. Needs a fitted ``selfref`` model (``TypeError`` for another scorer, ``ValueError`` for the
-        built-in model, whose self-reference alone the pool rule was not measured for).
+        ``export`` refuses. Needs a ``selfref`` model: a fitted one, or the built-in model, which has no fitted surface
+        and so compares every image after the first with its pool (``TypeError`` for another scorer).
 
         Example:
             >>> det = Detector.load("model_dir").pooled()          # doctest: +SKIP

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -108,6 +110,21 @@ def test_pool_refuses_other_scorers_and_export(small_memory_detector, small_self
         StreamPool.from_saved({}, {}, (64, 64), (4, 4))
 
 
-def test_pool_refuses_the_built_in_model() -> None:
-    with pytest.raises(ValueError, match="combine='gate'"):
-        Detector.load().pooled()  # combine="self": the pool rule was not measured for it
+def test_pool_refuses_other_combines(small_selfref_detector: Detector) -> None:
+    scorer = copy.copy(small_selfref_detector.scorer)
+    scorer.config = dataclasses.replace(scorer.config, combine="min")
+    with pytest.raises(ValueError, match="combine"):
+        StreamPool(scorer)
+
+
+def test_the_built_in_model_scores_against_its_pool_with_no_gate() -> None:
+    base = Detector.load()  # combine="self": no fitted surface, so no drift or likeness gate
+    pooled = base.pooled(size=4)
+    stream = [checks_surface(s) for s in range(5)]
+    defect, good = checks_surface(99, hole=True), checks_surface(98)
+    images = [*stream, defect, good]
+    plain, scores = _scores(base, images), _scores(pooled, images, batch_size=1)
+    assert scores[0] == pytest.approx(plain[0], abs=1e-6)  # the first image has no pool: the model's own score
+    assert pooled.scorer.stats()["pooled"] == len(images) - 1 and pooled.scorer.stats()["held"] == 4
+    assert np.all(scores <= plain + 1e-6)  # min(s, M) <= s everywhere
+    assert scores[-2] > scores[-1]  # the defect stands out against the pool of its surface

@@ -18,6 +18,10 @@ features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). 
    ``min(m, M)``, any other ``min(s, m, M)`` with clipped cells capped at 1, blurred like the memory map and mapped
    to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning.
 
+The built-in model (``Detector.load()``, ``combine="self"``: no fitted surface, so nothing to drift from) has no
+gates: from the second image on, each image is scored by ``min(s, M)``, its own pattern or the recent images (MuSc's
+zero-shot setting, with a pool of recent parts instead of the whole test set).
+
 A result depends on the images scored before it: one ``StreamPool`` per stream, in the stream's order, not shared
 between threads; :meth:`StreamPool.reset` forgets the pool. Windows of a large image are pool members like whole
 images. Saving a detector that holds one saves the fitted model it wraps (the pool is run-time state); exported
@@ -108,7 +112,8 @@ def _finite(values: list[float]) -> torch.Tensor:
 
 
 class StreamPool(Scorer):
-    """A fitted ``selfref`` scorer plus a pool of the last ``config.size`` images it scored (module docstring)."""
+    """A fitted ``selfref`` scorer (or the built-in model) plus a pool of the last ``config.size`` images it scored
+    (module docstring)."""
 
     pixel_rule: ClassVar[str] = "resize"
 
@@ -120,12 +125,14 @@ class StreamPool(Scorer):
                 f"a stream pool needs the self-reference scorer ('selfref', the default of Detector.fit), "
                 f"not a {base.name!r} scorer ({type(base).__name__})"
             )
-        if base.config.combine != "gate":
+        if base.config.combine not in ("gate", "self"):
             raise ValueError(
-                f"a stream pool is built for the fitted default scorer (combine='gate'); this model combines with "
-                f"{base.config.combine!r} (the built-in model, Detector.load(), is combine='self': fit on your images)"
+                f"a stream pool is built for the fitted default scorer (combine='gate') or the built-in model "
+                f"(combine='self'); this model combines with {base.config.combine!r}"
             )
         self.base: Any = base
+        #: the built-in model (no fitted surface): every image with a pool is scored by min(s, M), no gates
+        self.zero_shot = base.config.combine == "self"
         self.config = config or PoolConfig()
         self.image_size = base.image_size
         self.grid = base.grid
@@ -209,7 +216,9 @@ class StreamPool(Scorer):
             flags.append(big_m is not None)
             if big_m is None:
                 continue
-            if bool(near[i]):
+            if self.zero_shot:
+                rule = torch.minimum(p.s[i], big_m)
+            elif bool(near[i]):
                 rule = torch.minimum(m[i], big_m)
             else:
                 cells = None if p.cells is None else p.cells[i : i + 1]
@@ -226,7 +235,13 @@ class StreamPool(Scorer):
         drift = float(m.flatten().quantile(0.5))
         pool = list(self._pool)
         big_m, pool_median, likeness = None, math.nan, math.nan
-        if pool:
+        if pool and self.zero_shot:  # no fitted surface to drift from: the pool is the only other reference
+            raw = pool_distance(f, torch.stack([s.features for s in pool]), cfg.closest)
+            pool_median = float(raw.median())
+            norm = float(_finite([pool_median, *(s.pool_median for s in pool)]).median())
+            big_m = (raw / max(norm, 1e-6)).reshape(m.shape).to(m.dtype)
+            self._open = True
+        elif pool:
             level = float(torch.tensor([drift, *(s.drift for s in pool)]).quantile(cfg.drift_quantile))
             if level > cfg.drift:
                 raw = pool_distance(f, torch.stack([s.features for s in pool]), cfg.closest)
