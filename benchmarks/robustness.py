@@ -12,7 +12,9 @@ Targets measured (per scorer):
   5 held-out styles  (section "heldout") fitted once on style 0 of every family with two styles, evaluated on
                      their style 1: image >= 0.95; ``builtin-heldout`` is the built-in default model's recipe
                      built from those style-0 images only (the held-out measurement of ``Detector.load()``),
-                     beside the shipped built-in models (not held out)
+                     beside the shipped built-in models (not held out); ``builtin-heldout-pool`` and
+                     ``builtin-pool`` add a stream pool (``Detector.pooled()``, file order), ``-pool-cal`` calibrates
+                     that pooled detector on 20 freshly rendered good images of the evaluated style first
   6 operating point  at the calibrated threshold: realised false-alarm rate and recall against the best recall
                      at that rate (``evaluate``'s operating point), worst case per scorer
 
@@ -162,6 +164,28 @@ class PooledInspector:
 
     def evaluate(self, folder: Path) -> dict[str, Any]:
         pooled = self.det.pooled(**self.options)
+        res = pooled.evaluate(folder)
+        stats = pooled.scorer.stats()
+        res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
+        return res
+
+
+class CalibratedPool(PooledInspector):
+    """:class:`PooledInspector` whose pooled detector is first calibrated (``Detector.calibrate``) on ``n`` freshly
+    rendered defect-free images of the evaluated folder's family and style (a user's few dozen good parts; the
+    pool then starts from them)."""
+
+    def __init__(self, det: Any, options: dict[str, Any], n: int = 20, seed: int = 1000) -> None:
+        super().__init__(det, options)
+        self.n, self.seed = n, seed
+
+    def evaluate(self, folder: Path) -> dict[str, Any]:
+        from patchloupe.data import render_texture
+
+        fam, _, style = folder.name.partition("_style")
+        good = [render_texture(fam, (256, 256), rng=self.seed + i, style=int(style or 0)) for i in range(self.n)]
+        pooled = self.det.pooled(**self.options)
+        pooled.calibrate(good)
         res = pooled.evaluate(folder)
         stats = pooled.scorer.stats()
         res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
@@ -343,6 +367,8 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     def model_for(name: str, train: list[Any]) -> Any:
         if name in ("builtin-heldout-pool", "builtin-pool"):  # the zero-shot model with a stream pool, file order
             return PooledInspector(model_for(name.removesuffix("-pool"), train), {})
+        if name in ("builtin-heldout-pool-cal", "builtin-pool-cal"):  # the same, calibrated on 20 good parts first
+            return CalibratedPool(model_for(name.removesuffix("-pool-cal"), train), {})
         if name == "builtin-heldout":
             return build_default_selfref(images=train, seed=args.seed)
         if name.startswith("builtin"):

@@ -334,6 +334,16 @@ def test_cli_inspect_with_a_pool(small_selfref_detector, tmp_path, capsys) -> No
     assert pooled.scorer.stats()["pooled"] > 0
 
 
+def test_cli_inspect_with_a_pool_and_the_built_in_model(tmp_path, capsys) -> None:  # noqa: ANN001
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for s in range(4):
+        cv2.imwrite(str(folder / f"{s:02d}.png"), checks_surface(s))
+    out = tmp_path / "o"
+    assert main(["inspect", str(folder), "--out", str(out), "--pool", "4", "-q"]) == 0  # no --model: built-in
+    assert "3 scored against the stream pool" in capsys.readouterr().out  # every image after the first
+
+
 def test_cli_inspect_pool_needs_a_selfref_model(tmp_path, capsys) -> None:  # noqa: ANN001
     model = tiny_detector().save(tmp_path / "m")
     cv2.imwrite(str(tmp_path / "a.png"), checks_surface(0))

@@ -26,7 +26,7 @@ A result depends on the images scored before it: one ``StreamPool`` per stream, 
 between threads; :meth:`StreamPool.reset` forgets the pool. Windows of a large image are pool members like whole
 images. Saving a detector that holds one saves the fitted model it wraps (the pool is run-time state); exported
 graphs cannot hold it. Settings were chosen on the generated families and magnetic tile: docs/benchmarks.md,
-sections 15-16.
+sections 15-17.
 
 Example:
     >>> det = Detector.load("model_dir").pooled()        # doctest: +SKIP
