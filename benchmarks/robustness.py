@@ -14,7 +14,8 @@ Targets measured (per scorer):
                      built from those style-0 images only (the held-out measurement of ``Detector.load()``),
                      beside the shipped built-in models (not held out); ``builtin-heldout-pool`` and
                      ``builtin-pool`` add a stream pool (``Detector.pooled()``, file order), ``-pool-cal`` calibrates
-                     that pooled detector on 20 freshly rendered good images of the evaluated style first
+                     that pooled detector on 20 freshly rendered good images of the evaluated style first,
+                     ``-pool-primed`` after 16 more have filled its pool
   6 operating point  at the calibrated threshold: realised false-alarm rate and recall against the best recall
                      at that rate (``evaluate``'s operating point), worst case per scorer
 
@@ -173,19 +174,23 @@ class PooledInspector:
 class CalibratedPool(PooledInspector):
     """:class:`PooledInspector` whose pooled detector is first calibrated (``Detector.calibrate``) on ``n`` freshly
     rendered defect-free images of the evaluated folder's family and style (a user's few dozen good parts; the
-    pool then starts from them)."""
+    pool then starts from them), after ``prime`` more have filled its pool (0: the first calibration images are
+    scored with a short pool or none)."""
 
-    def __init__(self, det: Any, options: dict[str, Any], n: int = 20, seed: int = 1000) -> None:
+    def __init__(self, det: Any, options: dict[str, Any], n: int = 20, prime: int = 0, seed: int = 1000) -> None:
         super().__init__(det, options)
-        self.n, self.seed = n, seed
+        self.n, self.prime, self.seed = n, prime, seed
 
     def evaluate(self, folder: Path) -> dict[str, Any]:
         from patchloupe.data import render_texture
 
         fam, _, style = folder.name.partition("_style")
-        good = [render_texture(fam, (256, 256), rng=self.seed + i, style=int(style or 0)) for i in range(self.n)]
+        good = [render_texture(fam, (256, 256), rng=self.seed + i, style=int(style or 0))
+                for i in range(self.prime + self.n)]  # fmt: skip
         pooled = self.det.pooled(**self.options)
-        pooled.calibrate(good)
+        for _ in pooled.inspect_many(good[: self.prime], keep_image=False):
+            pass
+        pooled.calibrate(good[self.prime :])
         res = pooled.evaluate(folder)
         stats = pooled.scorer.stats()
         res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
@@ -369,6 +374,8 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
             return PooledInspector(model_for(name.removesuffix("-pool"), train), {})
         if name in ("builtin-heldout-pool-cal", "builtin-pool-cal"):  # the same, calibrated on 20 good parts first
             return CalibratedPool(model_for(name.removesuffix("-pool-cal"), train), {})
+        if name in ("builtin-heldout-pool-primed", "builtin-pool-primed"):  # 16 good parts fill the pool first
+            return CalibratedPool(model_for(name.removesuffix("-pool-primed"), train), {}, prime=16)
         if name == "builtin-heldout":
             return build_default_selfref(images=train, seed=args.seed)
         if name.startswith("builtin"):

@@ -50,9 +50,15 @@ def _write_legacy(folder: Path, meta_name: str, states: dict[str, dict[str, torc
     return folder
 
 
-def _check(det: Detector, ref: dict, test: list[np.ndarray]) -> None:
+def _same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k].float(), v.float(), rtol=0, atol=0, msg=k)
+
+
+def _check(det: Detector, ref: dict, test: list[np.ndarray], atol: float = 1e-5) -> None:
     results = [det.inspect(im) for im in test]
-    np.testing.assert_allclose([r.score for r in results], ref["scores"], atol=1e-5)
+    np.testing.assert_allclose([r.score for r in results], ref["scores"], atol=atol)
     # patch scores of the pattern model (Swin generator + comparator) drift across CPUs by float rounding: on the
     # 2026-12-02 VM one of 64 patches moved by 1.4e-4 with no model or code change (image scores stayed within
     # 1e-5), and one map's sum by 1.7e-4 of itself
@@ -88,10 +94,18 @@ def test_format2_memory_folder_scores_as_the_previous_release(tmp_path: Path, te
     states = {"generator": gen.state_dict(), "comparator": comp.state_dict(), "memory": mem.state_dict()}
     folder = _write_legacy(tmp_path / "v2", "legacy_memory_v2.json", states)
     det = Detector.load(folder)
-    _check(det, REFERENCE["memory_v2"], test_images)
+    # the memory is built here, so its features (and the greedy coreset's picks among near ties) follow this CPU's
+    # convolution kernels: on the 2026-12-04 VM (AVX-512 + AMX) image scores moved by up to 6.6e-4 from the recorded
+    # ones with no code change. The loading itself is checked exactly: the folder's memory is the one written
+    _check(det, REFERENCE["memory_v2"], test_images, atol=2e-3)
+    _same_state(det.scorer.memory.state_dict(), mem.state_dict())
     v3 = det.save(tmp_path / "v3")
     assert [p.name.split(".")[0] for p in v3.glob("*.safetensors")] == ["memory"]  # no unused networks
-    _check(Detector.load(v3), REFERENCE["memory_v2"], test_images)
+    again = Detector.load(v3)
+    _check(again, REFERENCE["memory_v2"], test_images, atol=2e-3)
+    _same_state(again.scorer.memory.state_dict(), mem.state_dict())
+    np.testing.assert_allclose([again.inspect(im).score for im in test_images],
+                               [det.inspect(im).score for im in test_images], atol=1e-6)  # fmt: skip
 
 
 def test_the_built_in_pattern_model_scores_as_the_previous_release(test_images: list) -> None:
