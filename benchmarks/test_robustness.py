@@ -94,3 +94,26 @@ def test_pool_variants_share_the_selfref_fit_and_start_a_fresh_pool_per_set(
     a, b = model.evaluate(tmp_path / "x"), model.evaluate(tmp_path / "y")
     assert len(pools) == 2 and pools[0] is not pools[1] and pools[0].options == {"closest": 0.5}
     assert a["pooled_share"] == b["pooled_share"] == 0.75 and b["folder"] == tmp_path / "y"
+
+
+def test_calibrated_pool_fills_the_pool_then_calibrates_on_the_evaluated_style(tmp_path: Path) -> None:
+    calls = []
+
+    class Pooled:
+        scorer = SimpleNamespace(stats=lambda: {"pooled": 1, "seen": 2})
+
+        def inspect_many(self, images: list, keep_image: bool = True) -> list:
+            calls.append(("prime", len(images)))
+            return [None] * len(images)
+
+        def calibrate(self, images: list) -> None:
+            calls.append(("calibrate", len(images), images[0].shape))
+
+        def evaluate(self, folder: Path) -> dict:
+            calls.append(("evaluate", folder.name))
+            return {"image_auroc": 0.5}
+
+    det = SimpleNamespace(pooled=lambda **options: Pooled())
+    res = robustness.CalibratedPool(det, {}, n=3, prime=2).evaluate(tmp_path / "motif_style1")
+    assert calls == [("prime", 2), ("calibrate", 3, (256, 256, 3)), ("evaluate", "motif_style1")]
+    assert res["pooled_share"] == 0.5
