@@ -128,3 +128,4 @@ def test_the_built_in_model_scores_against_its_pool_with_no_gate() -> None:
     assert pooled.scorer.stats()["pooled"] == len(images) - 1 and pooled.scorer.stats()["held"] == 4
     assert np.all(scores <= plain + 1e-6)  # min(s, M) <= s everywhere
     assert scores[-2] > scores[-1]  # the defect stands out against the pool of its surface
+    np.testing.assert_allclose(_scores(base.pooled(size=4), images, batch_size=4), scores, atol=1e-5)  # batching
