@@ -155,10 +155,11 @@ class Detector:
         return stream(self, source, **kwargs)
 
     def pooled(self, size: int = 16, **options: Any) -> Detector:
-        """A new detector that also compares each image with the last ``size`` images it inspected, but only while
-        the stream has drifted from the fitted surface and its recent images resemble each other (a change of
-        product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``, ``drift_quantile=``,
-        ``closest=``). Results then depend on what was inspected before, in order: use one per stream. It shares
+        """A new detector that also compares each image with the last ``size`` images it inspected: a fitted model
+        only while the stream has drifted from the fitted surface and its recent images resemble each other (a
+        change of product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``,
+        ``drift_quantile=``, ``closest=``), the built-in model every image after the first (``closest=``). Results
+        then depend on what was inspected before, in order: use one per stream. It shares
         this detector's fitted scorer and copies its config (threshold included); ``save`` writes the fitted model,
         ``export`` refuses. Needs a ``selfref`` model: a fitted one, or the built-in model, which has no fitted surface
         and so compares every image after the first with its pool (``TypeError`` for another scorer).
