@@ -165,10 +165,14 @@ class PooledInspector:
 
     def evaluate(self, folder: Path) -> dict[str, Any]:
         pooled = self.det.pooled(**self.options)
+        self.prepare(pooled, folder)
         res = pooled.evaluate(folder)
         stats = pooled.scorer.stats()
         res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
         return res
+
+    def prepare(self, pooled: Any, folder: Path) -> None:
+        """Anything to do with a fresh pooled detector before it evaluates ``folder`` (nothing here)."""
 
 
 class CalibratedPool(PooledInspector):
@@ -181,20 +185,15 @@ class CalibratedPool(PooledInspector):
         super().__init__(det, options)
         self.n, self.prime, self.seed = n, prime, seed
 
-    def evaluate(self, folder: Path) -> dict[str, Any]:
+    def prepare(self, pooled: Any, folder: Path) -> None:
         from patchloupe.data import render_texture
 
         fam, _, style = folder.name.partition("_style")
         good = [render_texture(fam, (256, 256), rng=self.seed + i, style=int(style or 0))
                 for i in range(self.prime + self.n)]  # fmt: skip
-        pooled = self.det.pooled(**self.options)
         for _ in pooled.inspect_many(good[: self.prime], keep_image=False):
             pass
         pooled.calibrate(good[self.prime :])
-        res = pooled.evaluate(folder)
-        stats = pooled.scorer.stats()
-        res["pooled_share"] = round(stats["pooled"] / max(stats["seen"], 1), 3)
-        return res
 
 
 #: default selfref fits by training folder, shared by ``selfref`` and ``selfref-pool`` in one run
@@ -370,12 +369,14 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     from patchloupe.train.default_selfref import build_default_selfref
 
     def model_for(name: str, train: list[Any]) -> Any:
-        if name in ("builtin-heldout-pool", "builtin-pool"):  # the zero-shot model with a stream pool, file order
-            return PooledInspector(model_for(name.removesuffix("-pool"), train), {})
-        if name in ("builtin-heldout-pool-cal", "builtin-pool-cal"):  # the same, calibrated on 20 good parts first
-            return CalibratedPool(model_for(name.removesuffix("-pool-cal"), train), {})
-        if name in ("builtin-heldout-pool-primed", "builtin-pool-primed"):  # 16 good parts fill the pool first
-            return CalibratedPool(model_for(name.removesuffix("-pool-primed"), train), {}, prime=16)
+        base, _, pool = name.partition("-pool")
+        if base in ("builtin-heldout", "builtin") and name != base:  # the zero-shot model with a stream pool
+            det = model_for(base, train)
+            pools = {"": lambda: PooledInspector(det, {}), "-cal": lambda: CalibratedPool(det, {}),
+                     "-primed": lambda: CalibratedPool(det, {}, prime=16)}  # fmt: skip
+            if pool not in pools:
+                raise ValueError(f"unknown scorer {name!r}")
+            return pools[pool]()
         if name == "builtin-heldout":
             return build_default_selfref(images=train, seed=args.seed)
         if name.startswith("builtin"):

@@ -238,8 +238,7 @@ class StreamPool(Scorer):
         if pool and self.zero_shot:  # no fitted surface to drift from: the pool is the only other reference
             raw = pool_distance(f, torch.stack([s.features for s in pool]), cfg.closest)
             pool_median = float(raw.median())
-            norm = float(_finite([pool_median, *(s.pool_median for s in pool)]).median())
-            big_m = (raw / max(norm, 1e-6)).reshape(m.shape).to(m.dtype)
+            big_m = self._normalised(raw, pool_median, pool, m)
             self._open = True
         elif pool:
             level = float(torch.tensor([drift, *(s.drift for s in pool)]).quantile(cfg.drift_quantile))
@@ -249,8 +248,7 @@ class StreamPool(Scorer):
                 likeness = pool_median / max(float(d.flatten().median()), 1e-6)
                 stream_likeness = float(_finite([likeness, *(s.likeness for s in pool)]).quantile(0.5))
                 if stream_likeness < cfg.likeness:
-                    norm = float(_finite([pool_median, *(s.pool_median for s in pool)]).median())
-                    big_m = (raw / max(norm, 1e-6)).reshape(m.shape).to(m.dtype)
+                    big_m = self._normalised(raw, pool_median, pool, m)
                 self._note(big_m is not None, level, stream_likeness)
             else:
                 self._note(False, level, None)
@@ -258,6 +256,13 @@ class StreamPool(Scorer):
         self.seen += 1
         self.pooled += big_m is not None
         return big_m
+
+    @staticmethod
+    def _normalised(raw: torch.Tensor, pool_median: float, pool: list[_Seen], like: torch.Tensor) -> torch.Tensor:
+        """Raw pool distances ``(h w,)`` -> ``M`` shaped and typed like ``like`` ``(h, w)``: divided by the median of
+        the median pool distances of the image and its pool (a running normaliser, ~1 on normal texture)."""
+        norm = float(_finite([pool_median, *(s.pool_median for s in pool)]).median())
+        return (raw / max(norm, 1e-6)).reshape(like.shape).to(like.dtype)
 
     def _note(self, now: bool, level: float, likeness: float | None) -> None:
         """Log the pool rule starting (a warning: the surface changed) and stopping."""
