@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,21 +58,39 @@ def interleaved(benchmark: Any, target: Callable[[], Any], rounds: int = ROUNDS,
     return result
 
 
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line of /proc/cpuinfo (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.split(":", 1)[0].strip() == key), None)
+    except OSError:
+        return None
+
+
+def cpu_vendor() -> str:
+    """``intel``, ``amd``, or the lowercased vendor string (``unknown`` where the OS does not say)."""
+    raw = _cpuinfo("vendor_id") or platform.processor() or "unknown"
+    return {"genuineintel": "intel", "authenticamd": "amd"}.get(raw.lower(), re.sub(r"[^a-z0-9]+", "", raw.lower()))
+
+
+def cpu_capability() -> str:
+    """The vector ISA torch dispatches its CPU kernels to (``avx512``, ``avx2``, ``default``, ...)."""
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
+
+
 def machine_class() -> str:
-    """The baseline file's name for this machine: OS, architecture and CPU count (``linux-x86_64-2cpu``)."""
-    return f"{platform.system().lower()}-{platform.machine()}-{os.cpu_count()}cpu"
+    """The baseline file's name for this machine: OS, architecture, CPU count, CPU vendor and the ISA torch
+    uses (``linux-x86_64-2cpu-intel-avx512``). Ratios to the reference do not carry across these: the
+    reference is float32 GEMM-bound, an inspect is not, and AVX-512 speeds up the first twice as much."""
+    base = f"{platform.system().lower()}-{platform.machine()}-{os.cpu_count()}cpu"
+    return f"{base}-{cpu_vendor()}-{cpu_capability()}"
 
 
 def machine_info() -> dict[str, Any]:
     """What a baseline records about the machine and the versions it was measured with."""
     import numpy as np
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor()
     try:
         from importlib.metadata import version
 
@@ -81,6 +100,8 @@ def machine_info() -> dict[str, Any]:
     return {
         "machine_class": machine_class(),
         "cpu": cpu,
+        "vendor": cpu_vendor(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

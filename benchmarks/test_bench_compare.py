@@ -106,3 +106,45 @@ def test_cli_add_new_keeps_the_stored_entries(tmp_path: Path) -> None:
     assert (
         json.loads(base.read_text())["benchmarks"]["test_bench_x.py::test_bench_inspect_default[t1]"]["ratio"] == 6.05
     )
+
+
+def test_machine_class_names_the_cpu_vendor_and_isa() -> None:
+    import reference
+
+    cls = reference.machine_class()
+    assert cls.endswith(f"-{reference.cpu_vendor()}-{reference.cpu_capability()}")
+    assert reference.cpu_capability() and reference.cpu_vendor()
+    info = reference.machine_info()
+    assert info["machine_class"] == cls and info["vendor"] == reference.cpu_vendor()
+
+
+def test_baseline_path_falls_back_only_within_the_vendor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench_compare
+    import reference
+
+    monkeypatch.setattr(bench_compare, "BASELINES", tmp_path)
+    monkeypatch.setattr(reference, "machine_class", lambda: "linux-x86_64-2cpu-intel-avx512")
+    (tmp_path / "linux-x86_64-2cpu-amd.json").write_text("{}")
+    assert bench_compare.baseline_path() is None  # another vendor's ratios are not comparable
+    (tmp_path / "linux-x86_64-2cpu-intel.json").write_text("{}")  # same vendor, no ISA recorded
+    assert bench_compare.baseline_path() == tmp_path / "linux-x86_64-2cpu-intel.json"
+    (tmp_path / "linux-x86_64-2cpu-intel-avx512.json").write_text("{}")
+    assert bench_compare.baseline_path() == tmp_path / "linux-x86_64-2cpu-intel-avx512.json"
+    assert bench_compare.baseline_path(tmp_path / "x.json") == tmp_path / "x.json"
+
+
+def test_cli_check_without_a_baseline_says_not_gated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bench_compare
+    import reference
+
+    monkeypatch.setattr(bench_compare, "BASELINES", tmp_path)
+    monkeypatch.setattr(reference, "machine_class", lambda: "linux-x86_64-2cpu-newvendor-avx2")
+    (tmp_path / "linux-x86_64-2cpu-amd.json").write_text("{}")
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(_run(1.0, 11.0)))
+    assert main(["check", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT GATED" in out and "linux-x86_64-2cpu-newvendor-avx2" in out and "linux-x86_64-2cpu-amd" in out
+    assert main(["check", str(run), "--require-baseline"]) == 1
