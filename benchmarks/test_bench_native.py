@@ -75,3 +75,23 @@ def test_bench_native_vs_twin(benchmark: Any, op: str, size: str, impl: str) -> 
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("path", ["native", "topk"])
+@pytest.mark.parametrize("grid", [(32, 32), (64, 64)], ids=["32x32", "64x64"])
+def test_bench_self_distances(benchmark: Any, grid: tuple[int, int], path: str) -> None:
+    """The self-reference's k = 8 nearest positions outside the 5 x 5 window, 152-channel features (the default
+    scorer's at 256 x 256 and 512 x 512), 1 torch thread: the native selection (``_native.knn_mean_distance``)
+    against the masked ``topk``; both give the same distances."""
+    import torch
+    from patchloupe.scorers.selfref import self_distances
+
+    f = torch.randn(1, 152, *grid, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        benchmark.group = f"self_distances-{grid[0]}x{grid[1]}"
+        got = benchmark(self_distances, f, 8, 2, use_native=path == "native")
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, self_distances(f, 8, 2, use_native=path != "native"), atol=1e-4, rtol=1e-5)

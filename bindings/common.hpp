@@ -18,6 +18,7 @@ void register_tiling(py::module_& m);
 void register_triplets(py::module_& m);
 void register_intersect(py::module_& m);
 void register_stitch(py::module_& m);
+void register_knn(py::module_& m);
 
 // True when a's dtype is exactly T (native byte order).
 template <typename T>

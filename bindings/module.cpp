@@ -7,7 +7,8 @@
 PYBIND11_MODULE(_native, m) {
   m.doc() =
       "patchloupe native helpers (C++17): tile/untile an image into a patch grid, neighbour triplets, "
-      "per-direction verdict/mask intersection and bilinear stitching of patch masks. Each function has a "
+      "per-direction verdict/mask intersection, bilinear stitching of patch masks and the k nearest positions of "
+      "an image outside a window (the self-reference scorer). Each function has a "
       "numpy twin of the same name and signature in patchloupe._twins.";
   m.attr("VERSION_MAJOR") = patchloupe::kVersionMajor;
   m.attr("MAX_ELEMENTS") = patchloupe::kMaxElements;
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_native, m) {
   patchloupe::bind::register_triplets(m);
   patchloupe::bind::register_intersect(m);
   patchloupe::bind::register_stitch(m);
+  patchloupe::bind::register_knn(m);
 }

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from patchloupe import _native, _twins
@@ -28,7 +28,15 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 
 def test_module_surface() -> None:
     assert _native.__doc__
-    for name in ("tile", "untile", "neighbor_triplets", "intersect_maps", "intersect_masks", "stitch"):
+    for name in (
+        "tile",
+        "untile",
+        "neighbor_triplets",
+        "intersect_maps",
+        "intersect_masks",
+        "stitch",
+        "knn_mean_distance",
+    ):
         assert callable(getattr(_native, name)) and callable(getattr(_twins, name))
         assert getattr(_native, name).__doc__
     assert _native.MAX_ELEMENTS == _twins.MAX_ELEMENTS == 1 << 30
@@ -278,6 +286,61 @@ def test_thread_count_override_in_subprocess() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# knn_mean_distance
+# --------------------------------------------------------------------------------------------------
+def test_knn_mean_distance_by_hand(impl: ModuleType) -> None:
+    # a 1 x 5 grid, position 0's row: itself 0, a near twin at 1 (inside exclude=1), then 9, 4, 16
+    d2 = np.array([[0.0, 0.0, 9.0, 4.0, 16.0]], np.float32)
+    np.testing.assert_allclose(impl.knn_mean_distance(d2, (1, 5), 1, 2), [(2 + 3) / 2], rtol=1e-6)
+    np.testing.assert_allclose(impl.knn_mean_distance(d2, (1, 5), 0, 1), [0.0])  # only itself excluded
+    # the same row as position 2 of the grid (first=2): its window is columns 1-3, leaving 0 and 16
+    np.testing.assert_allclose(impl.knn_mean_distance(d2, (1, 5), 1, 2, first=2), [2.0], rtol=1e-6)
+    # negative squared distances (rounding in |a|^2 + |b|^2 - 2ab) count as 0; a batch keeps its axis
+    neg = np.array([[[-1e-3, 5.0, 1.0, 4.0]]], np.float32)
+    np.testing.assert_allclose(impl.knn_mean_distance(neg, (2, 2), 0, 3, first=1), [[(0 + 1 + 2) / 3]], rtol=1e-6)
+
+
+def test_knn_mean_distance_window_is_two_dimensional(impl: ModuleType) -> None:
+    """A 4 x 4 grid, position (1, 1) with exclude 1: the 3 x 3 block around it is left out, nothing else."""
+    d2 = np.arange(16, dtype=np.float32)[None] ** 2  # distance j to column j
+    left = sorted(set(range(16)) - {0, 1, 2, 4, 5, 6, 8, 9, 10})  # 3, 7, 11, 12, ...
+    np.testing.assert_allclose(impl.knn_mean_distance(d2, (4, 4), 1, 3, first=5), [np.mean(left[:3])], rtol=1e-6)
+
+
+@st.composite
+def knn_cases(draw: st.DrawFn) -> tuple[np.ndarray, tuple[int, int], int, int, int]:
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    exclude = draw(st.integers(0, 3))
+    side = min(2 * exclude + 1, max(h, w))
+    room = h * w - min(side, h) * min(side, w)
+    assume(room >= 1)
+    k = draw(st.integers(1, room))
+    first = draw(st.integers(0, h * w - 1))
+    rows = draw(st.integers(1, h * w - first))
+    batch = draw(st.integers(1, 3))
+    elements = st.floats(-1, 100, width=32) | st.sampled_from([0.0, 1.0, 4.0])  # ties included
+    d2 = draw(hnp.arrays(np.float32, (batch, rows, h * w), elements=elements))
+    return d2, (h, w), exclude, k, first
+
+
+@PROPERTY
+@given(knn_cases())
+def test_prop_knn_mean_distance_native_equals_twin(case: tuple[np.ndarray, tuple[int, int], int, int, int]) -> None:
+    d2, grid, exclude, k, first = case
+    out = _native.knn_mean_distance(d2, grid, exclude, k, first)
+    assert out.shape == d2.shape[:2] and out.dtype == np.float32
+    np.testing.assert_allclose(out, _twins.knn_mean_distance(d2, grid, exclude, k, first), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_native.knn_mean_distance(d2[0], grid, exclude, k, first), out[0], rtol=0, atol=0)
+
+
+def test_knn_mean_distance_multithreaded_matches_twin() -> None:
+    # 4096 rows of a 64 x 64 grid: 16 M elements, enough for the native selection to split rows over threads
+    d2 = np.random.default_rng(6).random((1, 4096, 4096), dtype=np.float32)
+    out = _native.knn_mean_distance(d2, (64, 64), 2, 8)
+    np.testing.assert_allclose(out, _twins.knn_mean_distance(d2, (64, 64), 2, 8), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
 # bad input: every class, both implementations, error naming the argument
 # --------------------------------------------------------------------------------------------------
 U8 = np.zeros((8, 8), dtype=np.uint8)
@@ -289,6 +352,9 @@ PM = np.zeros((4, 2, 2), dtype=np.float32)
 NAN_MAPS = np.full((2, 3, 3), np.nan, dtype=np.float32)
 NAN_MASKS = MASKS.copy()
 NAN_MASKS[1, 2, 1, 0] = np.nan
+D2 = np.ones((1, 16, 16), dtype=np.float32)
+NAN_D2 = D2.copy()
+NAN_D2[0, 3, 7] = np.nan
 
 BAD: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     # tile
@@ -360,6 +426,23 @@ BAD: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("stitch-hw-overflow", "stitch", (PM, (2, 2), (1 << 64, 8)), ValueError, "out_hw"),
     ("stitch-hw-len", "stitch", (PM, (2, 2), (8,)), ValueError, "out_hw"),
     ("stitch-hw-type", "stitch", (PM, (2, 2), 8), TypeError, "out_hw"),
+    # knn_mean_distance
+    ("knn-float64", "knn_mean_distance", (D2.astype(np.float64), (4, 4), 1, 2), TypeError, "d2"),
+    ("knn-1d", "knn_mean_distance", (D2[0, 0], (4, 4), 1, 2), ValueError, "d2"),
+    ("knn-4d", "knn_mean_distance", (D2[None], (4, 4), 1, 2), ValueError, "d2"),
+    ("knn-empty", "knn_mean_distance", (D2[:, :0], (4, 4), 1, 2), ValueError, "d2"),
+    ("knn-nan", "knn_mean_distance", (NAN_D2, (4, 4), 1, 2), ValueError, "d2"),
+    ("knn-grid-size", "knn_mean_distance", (D2, (4, 5), 1, 2), ValueError, "grid"),
+    ("knn-grid-zero", "knn_mean_distance", (D2, (0, 16), 1, 2), ValueError, "grid"),
+    ("knn-grid-len", "knn_mean_distance", (D2, (16,), 1, 2), ValueError, "grid"),
+    ("knn-grid-float", "knn_mean_distance", (D2, (4.0, 4), 1, 2), TypeError, "grid"),
+    ("knn-exclude-negative", "knn_mean_distance", (D2, (4, 4), -1, 2), ValueError, "exclude"),
+    ("knn-exclude-float", "knn_mean_distance", (D2, (4, 4), 1.5, 2), TypeError, "exclude"),
+    ("knn-k-zero", "knn_mean_distance", (D2, (4, 4), 1, 0), ValueError, "k"),
+    ("knn-k-too-many", "knn_mean_distance", (D2, (4, 4), 1, 8), ValueError, "k"),
+    ("knn-k-bool", "knn_mean_distance", (D2, (4, 4), 1, True), TypeError, "k"),
+    ("knn-first-negative", "knn_mean_distance", (D2, (4, 4), 1, 2, -1), ValueError, "first"),
+    ("knn-first-past-end", "knn_mean_distance", (D2, (4, 4), 1, 2, 1), ValueError, "first"),
 ]
 
 
@@ -380,6 +463,8 @@ def test_keyword_arguments() -> None:
     assert _native.intersect_maps(verdicts=v, valid=v).all()
     assert _native.intersect_masks(masks=np.zeros((1, 1, 1, 1), np.float32)).shape == (1, 1, 1)
     assert _native.stitch(patch_masks=np.zeros((1, 1, 1), np.float32), grid=(1, 1), out_hw=(3, 3)).shape == (3, 3)
+    d2 = np.ones((2, 9), np.float32)
+    assert _native.knn_mean_distance(d2=d2, grid=(3, 3), exclude=0, k=2, first=7).shape == (2,)
 
 
 # --------------------------------------------------------------------------------------------------

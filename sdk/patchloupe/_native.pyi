@@ -43,3 +43,10 @@ def intersect_masks(masks: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 def stitch(patch_masks: npt.NDArray[np.float32], grid: Sequence[int], out_hw: Sequence[int]) -> npt.NDArray[np.float32]:
     """float32 (rows*cols, mh, mw) -> float32 (H, W): bilinear (half-pixel) resize of the mask canvas, cropped."""
+
+def knn_mean_distance(
+    d2: npt.NDArray[np.float32], grid: Sequence[int], exclude: int, k: int, first: int = 0
+) -> npt.NDArray[np.float32]:
+    """float32 squared distances (rows, n) / (batch, rows, n) of positions first..first+rows-1 of an (h, w) grid to
+    all n = h*w positions -> float32 (rows,) / (batch, rows): mean sqrt of each row's k smallest outside the
+    (2 exclude + 1)^2 Chebyshev window around its own position."""

@@ -7,13 +7,23 @@ naming the offending argument) as its C++ counterpart; tests compare the two.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from patchloupe.grid import COL_DIRECTIONS, DIRECTIONS, ROW_DIRECTIONS
 
-__all__ = ["intersect_maps", "intersect_masks", "neighbor_triplets", "stitch", "tile", "untile", "MAX_ELEMENTS"]
+__all__ = [
+    "intersect_maps",
+    "intersect_masks",
+    "knn_mean_distance",
+    "neighbor_triplets",
+    "stitch",
+    "tile",
+    "untile",
+    "MAX_ELEMENTS",
+]
 
 #: Largest number of elements of any array the native module produces or accepts (2**30).
 MAX_ELEMENTS = 1 << 30
@@ -299,3 +309,54 @@ def stitch(patch_masks: np.ndarray, grid: tuple[int, int], out_hw: tuple[int, in
     a = horiz[np.searchsorted(needed, y0)]
     b = horiz[np.searchsorted(needed, y1)]
     return np.ascontiguousarray(a * (1 - wy)[:, None] + b * wy[:, None], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# knn_mean_distance
+# --------------------------------------------------------------------------------------------------
+_KNN_MAX_K = 4096
+
+
+def _check_knn_sizes(rows: int, n: int, h: int, w: int, exclude: int, k: int, first: int) -> None:
+    """Mirror of cpp/knn.cpp ``check_knn_sizes``."""
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be positive, got ({h}, {w})")
+    if _checked_mul(h, w, "grid") != n:
+        raise ValueError(f"d2 has {n} columns but grid ({h}, {w}) has {h * w} positions")
+    if exclude < 0:
+        raise ValueError(f"exclude must be >= 0, got {exclude}")
+    if first < 0 or first + rows > n:
+        raise ValueError(f"first must place the {rows} rows inside the grid's {n} positions, got {first}")
+    side = min(2 * exclude + 1, max(h, w))
+    window = min(n, min(side, h) * min(side, w))
+    if k < 1 or k > _KNN_MAX_K or k > n - window:
+        raise ValueError(
+            f"k must be between 1 and {min(_KNN_MAX_K, n - window)} (positions outside every window), got {k}"
+        )
+
+
+def knn_mean_distance(d2: np.ndarray, grid: Sequence[int], exclude: int, k: int, first: int = 0) -> np.ndarray:
+    """Squared distances ``d2`` float32 (rows, n) or (batch, rows, n) from the positions first..first+rows-1 of an
+    h x w grid (n = h*w, reading order) to all of its positions -> float32 (rows,) / (batch, rows): the mean of
+    sqrt(max(d, 0)) over each row's k smallest d outside the (2 exclude + 1)^2 Chebyshev window around its own
+    position."""
+    d2 = _to_array(d2, "d2")
+    if not _has_dtype(d2, np.float32):
+        raise TypeError(f"d2 must have dtype float32, got {d2.dtype}")
+    if d2.ndim not in (2, 3):
+        raise ValueError(f"d2 must be 2-D (rows, n) or 3-D (batch, rows, n), got shape {d2.shape}")
+    if d2.size == 0:
+        raise ValueError(f"d2 must be non-empty, got shape {d2.shape}")
+    h, w = _to_int_tuple(grid, "grid", 2, 2)
+    exclude, k, first = _to_int(exclude, "exclude"), _to_int(k, "k"), _to_int(first, "first")
+    rows, n = d2.shape[-2:]
+    _check_knn_sizes(rows, n, h, w, exclude, k, first)
+    _check_size(d2, "d2")
+    _check_no_nan(d2, "d2")
+    pos = np.arange(first, first + rows)
+    yy, xx = np.divmod(np.arange(n), w)
+    window = (np.abs(yy[None] - (pos // w)[:, None]) <= exclude) & (np.abs(xx[None] - (pos % w)[:, None]) <= exclude)
+    d = np.where(window, np.float32(np.inf), d2.reshape(-1, rows, n))
+    smallest = np.partition(d, k - 1, axis=-1)[..., :k]
+    out = np.sqrt(np.maximum(smallest.astype(np.float64), 0.0)).mean(axis=-1).astype(np.float32)
+    return out if d2.ndim == 3 else out[0]

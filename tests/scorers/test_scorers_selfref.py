@@ -134,6 +134,29 @@ def test_self_distances_exclude_the_neighbourhood() -> None:
         self_distances(torch.randn(1, 4, 3, 3), k=1, exclude=1)
 
 
+@pytest.mark.parametrize(
+    ("shape", "k", "exclude", "chunk"),
+    [((2, 16, 32, 32), 8, 2, 1024), ((1, 8, 5, 7), 3, 1, 4), ((3, 4, 1, 30), 2, 2, 7), ((1, 24, 13, 11), 20, 3, 50)],
+)
+def test_self_distances_native_selection_equals_masked_topk(
+    shape: tuple[int, int, int, int], k: int, exclude: int, chunk: int
+) -> None:
+    """The CPU path selects in the native module; the masked ``topk`` (the exported graph's way) is the reference:
+    odd grids, a single row, uneven chunks, ties (repeated features) included."""
+    f = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    f[..., 0, :] = f[..., -1, :]  # exact ties between the first and the last row
+    want = self_distances(f, k, exclude, chunk=chunk, use_native=False)
+    torch.testing.assert_close(self_distances(f, k, exclude, chunk=chunk), want, atol=1e-5, rtol=1e-6)
+
+
+def test_self_distances_nan_features_fall_back_to_the_torch_path() -> None:
+    f = torch.randn(1, 6, 8, 8, generator=torch.Generator().manual_seed(2))
+    f[0, 2, 3, 3] = float("nan")
+    got, want = self_distances(f, 4, 1), self_distances(f, 4, 1, use_native=False)
+    assert torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got[~got.isnan()], want[~want.isnan()], atol=1e-5, rtol=1e-6)
+
+
 def test_self_distances_cached_mask_equals_the_computed_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Grids up to MASK_CACHE_MAX positions reuse a cached mask; larger ones compute it per chunk: same result
     (an odd grid walked in uneven chunks, two images)."""
@@ -141,8 +164,10 @@ def test_self_distances_cached_mask_equals_the_computed_one(monkeypatch: pytest.
 
     f = torch.randn(2, 5, 7, 9)
     cached = self_distances(f, k=3, exclude=2, chunk=10)
+    torch.testing.assert_close(self_distances(f, k=3, exclude=2, chunk=10, use_native=False), cached)
     monkeypatch.setattr(selfref, "MASK_CACHE_MAX", 0)
     torch.testing.assert_close(self_distances(f, k=3, exclude=2, chunk=10), cached, atol=0, rtol=0)
+    torch.testing.assert_close(self_distances(f, k=3, exclude=2, chunk=10, use_native=False), cached)
     # brute force: each position's 3 nearest outside its 5 x 5 neighbourhood
     q = f.flatten(2).transpose(1, 2)
     yy, xx = torch.meshgrid(torch.arange(7), torch.arange(9), indexing="ij")
