@@ -377,8 +377,8 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
             if pool not in pools:
                 raise ValueError(f"unknown scorer {name!r}")
             return pools[pool]()
-        if name == "builtin-heldout":
-            return build_default_selfref(images=train, seed=args.seed)
+        if name == "builtin-heldout":  # its pool gain from streams of the style-0 training images, one per family
+            return build_default_selfref(images=train, seed=args.seed, streams=streams)
         if name.startswith("builtin"):
             return Detector.load(default_model_dir("pattern" if name == "builtin-pattern" else "selfref"))
         return fit_model(name, train, args)
@@ -388,7 +388,8 @@ def section_heldout(args: argparse.Namespace, data: Path) -> list[dict[str, Any]
     generate_dataset(data / "heldout", families=fams, style=0, n_train=args.n_train, **{**gen, "n_test_good": 1,
                      "n_test_defect_per_kind": 0})  # fmt: skip
     generate_dataset(data / "heldout", families=fams, style=1, n_train=0, **gen)
-    train = [im for f in fams for im in collect_images(data / "heldout" / f / "train" / "good")]
+    streams = [collect_images(data / "heldout" / f / "train" / "good") for f in fams]
+    train = [im for stream in streams for im in stream]
     rows = []
     builtins = ["builtin-heldout", "builtin", "builtin-pattern"]
     for name in [n for n in args.scorers.split(",") if n != "patchcore"] + builtins:

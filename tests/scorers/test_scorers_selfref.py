@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import cv2
@@ -84,6 +85,10 @@ def test_registered_and_config_validated() -> None:
         SelfRefConfig(normalize="clahe")
     with pytest.raises(ValueError, match="k must"):
         SelfRefConfig(k=0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="pool_gain"):
+            SelfRefConfig(pool_gain=bad)
+    assert SelfRefConfig.from_dict({"k": 8}).pool_gain == 1.0  # models saved before it: the pool's maps as they were
 
 
 def test_normalize_lighting_removes_gain_gamma_and_gradient() -> None:

@@ -126,6 +126,22 @@ def test_the_built_in_model_scores_against_its_pool_with_no_gate() -> None:
     plain, scores = _scores(base, images), _scores(pooled, images, batch_size=1)
     assert scores[0] == pytest.approx(plain[0], abs=1e-6)  # the first image has no pool: the model's own score
     assert pooled.scorer.stats()["pooled"] == len(images) - 1 and pooled.scorer.stats()["held"] == 4
-    assert np.all(scores <= plain + 1e-6)  # min(s, M) <= s everywhere
+    gain = base.scorer.config.pool_gain  # the pooled maps are multiplied by it: undone, min(s, M) <= s everywhere
+    assert np.all(-np.expm1(np.log1p(-scores[1:]) / gain) <= plain[1:] + 1e-6)
     assert scores[-2] > scores[-1]  # the defect stands out against the pool of its surface
     np.testing.assert_allclose(_scores(base.pooled(size=4), images, batch_size=4), scores, atol=1e-5)  # batching
+
+
+def test_the_pool_gain_scales_the_maps_the_pool_rule_scored() -> None:
+    """``pool_gain`` (calibrated for the built-in model) multiplies the pooled images' maps, not the first image's."""
+    base = Detector.load()
+    assert base.scorer.config.pool_gain > 1.0  # the shipped model has one: min(s, M) <= s needs lifting
+    images = np.stack([checks_surface(s) for s in range(3)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    maps = {}
+    for gain in (1.0, 2.5):
+        scorer = copy.copy(base.scorer)
+        scorer.config = dataclasses.replace(scorer.config, pool_gain=gain)
+        maps[gain] = StreamPool(scorer, PoolConfig(size=4)).raw_map(x)
+    torch.testing.assert_close(maps[2.5][0], maps[1.0][0])  # no pool yet: the model's own map
+    torch.testing.assert_close(maps[2.5][1:], 2.5 * maps[1.0][1:], rtol=1e-5, atol=1e-6)

@@ -133,6 +133,9 @@ class SelfRefConfig:
     memory_scale: float = 1.0
     context_scale: float = 1.0
     scale: float = 1.0
+    #: a stream pool (``patchloupe.scorers.stream_pool``) multiplies the maps its rule scored by this before the scale:
+    #: calibrated for the built-in model on streams of generated good images (1: not calibrated, fitted models)
+    pool_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if int(self.k) < 1:
@@ -171,7 +174,7 @@ class SelfRefConfig:
             if not (0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
             setattr(self, name, v)
-        for name in ("gate", "memory_scale", "context_scale", "scale"):
+        for name in ("gate", "memory_scale", "context_scale", "scale", "pool_gain"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0.0):
                 raise ValueError(f"{name} must be positive, got {v}")

@@ -16,11 +16,15 @@ features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). 
 3. **pool rule** (both gates open): ``M = P`` divided by the median of the medians of ``P`` over the image and its
    pool (a running normaliser: ~1 on normal texture); an image the wrapped scorer's gate gives to the memory gets
    ``min(m, M)``, any other ``min(s, m, M)`` with clipped cells capped at 1, blurred like the memory map and mapped
-   to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning.
+   to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning (times the model's
+   ``pool_gain``, 1 for a fitted model).
 
 The built-in model (``Detector.load()``, ``combine="self"``: no fitted surface, so nothing to drift from) has no
 gates: from the second image on, each image is scored by ``min(s, M)``, its own pattern or the recent images (MuSc's
-zero-shot setting, with a pool of recent parts instead of the whole test set).
+zero-shot setting, with a pool of recent parts instead of the whole test set). ``min(s, M)`` is never above ``s``,
+for which the built-in threshold was calibrated, so the map is multiplied by the model's ``pool_gain``, the gain at
+which streams of generated good images scored this way give the same threshold
+(``patchloupe.train.default_selfref.calibrate_pool_gain``).
 
 A result depends on the images scored before it: one ``StreamPool`` per stream, in the stream's order, not shared
 between threads; :meth:`StreamPool.reset` forgets the pool. Windows of a large image are pool members like whole
@@ -224,7 +228,7 @@ class StreamPool(Scorer):
                 cells = None if p.cells is None else p.cells[i : i + 1]
                 low = torch.minimum(torch.minimum(p.s[i], m[i]), big_m)
                 rule = cap_clipped(low[None], cells, sc.config.clip_cells)[0]
-            out[i] = sc.memory._blurred(rule[None], size)[0]
+            out[i] = sc.memory._blurred(rule[None], size)[0] * sc.config.pool_gain
         self.last_pooled = flags
         return out
 
