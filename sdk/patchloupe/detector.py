@@ -158,7 +158,8 @@ class Detector:
         """A new detector that also compares each image with the last ``size`` images it inspected: a fitted model
         only while the stream has drifted from the fitted surface and its recent images resemble each other (a
         change of product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``,
-        ``drift_quantile=``, ``closest=``), the built-in model every image after the first (``closest=``). Results
+        ``drift_quantile=``, ``closest=``), the built-in model every image after the first (``closest=``). An image
+        the pool rule flags does not join the pool (``admit_flagged=``, ``min_pool=``). Results
         then depend on what was inspected before, in order: use one per stream. It shares
         this detector's fitted scorer and copies its config (threshold included); ``save`` writes the fitted model,
         ``export`` refuses. Needs a ``selfref`` model: a fitted one, or the built-in model, which has no fitted surface
@@ -170,8 +171,8 @@ class Detector:
         """
         from patchloupe.scorers.stream_pool import PoolConfig, StreamPool
 
-        pool = StreamPool(self.scorer, PoolConfig(size=size, **options))
-        return type(self)(pool, copy.deepcopy(self.config))
+        config = copy.deepcopy(self.config)
+        return type(self)(StreamPool(self.scorer, PoolConfig(size=size, **options), threshold_from=config), config)
 
     def _threshold(self, threshold: float | None) -> float:
         return self.threshold if threshold is None else check_threshold(threshold)

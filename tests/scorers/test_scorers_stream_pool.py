@@ -30,6 +30,8 @@ def _scores(det: Detector, images: list[np.ndarray], batch_size: int = 4) -> np.
         {"drift_quantile": 0.0},
         {"closest": 1.5},
         {"closest": "0.3"},
+        {"min_pool": 0},
+        {"admit_flagged": "yes"},
     ],  # fmt: skip
 )
 def test_config_rejects_bad_settings(bad: dict) -> None:
@@ -145,3 +147,28 @@ def test_the_pool_gain_scales_the_maps_the_pool_rule_scored() -> None:
         maps[gain] = StreamPool(scorer, PoolConfig(size=4)).raw_map(x)
     torch.testing.assert_close(maps[2.5][0], maps[1.0][0])  # no pool yet: the model's own map
     torch.testing.assert_close(maps[2.5][1:], 2.5 * maps[1.0][1:], rtol=1e-5, atol=1e-6)
+
+
+def test_flagged_images_do_not_join_the_pool_after_min_pool() -> None:
+    """An image the pool rule flags stays out of the pool once it holds ``min_pool`` images; after ``size`` images in
+    a row stayed out, one joins (a stream where every part is flagged renews its pool). The threshold is read when
+    scoring: setting it on the pooled detector counts."""
+    images = [checks_surface(s) for s in range(8)]
+
+    def held_after_each(det: Detector) -> list[int]:
+        out = []
+        for im in images:
+            det.inspect(im, keep_image=False)
+            out.append(det.scorer.stats()["held"])
+        return out
+
+    pooled = Detector.load().pooled(size=4, min_pool=2)
+    pooled.threshold = 0.0  # every pooled image is flagged
+    # the 1st image is not pooled (joins), the 2nd joins to reach min_pool, the 3rd-6th stay out, the 7th renews
+    assert held_after_each(pooled) == [1, 2, 2, 2, 2, 2, 3, 3]
+    everyone = Detector.load().pooled(size=4, min_pool=2, admit_flagged=True)
+    everyone.threshold = 0.0
+    assert held_after_each(everyone) == [1, 2, 3, 4, 4, 4, 4, 4]
+    nothing_flagged = Detector.load().pooled(size=4, min_pool=2)
+    nothing_flagged.threshold = 1.0
+    assert held_after_each(nothing_flagged) == [1, 2, 3, 4, 4, 4, 4, 4]

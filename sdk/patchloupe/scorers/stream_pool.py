@@ -17,7 +17,10 @@ features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). 
    pool (a running normaliser: ~1 on normal texture); an image the wrapped scorer's gate gives to the memory gets
    ``min(m, M)``, any other ``min(s, m, M)`` with clipped cells capped at 1, blurred like the memory map and mapped
    to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning (times the model's
-   ``pool_gain``, 1 for a fitted model).
+   ``pool_gain``, 1 for a fitted model);
+4. **admission**: every image joins the pool, except one the pool rule scored at or above the detector's threshold
+   (a run of defective parts, which would find each other in the pool); see :meth:`StreamPool._join` for when a
+   flagged image joins all the same.
 
 The built-in model (``Detector.load()``, ``combine="self"``: no fitted surface, so nothing to drift from) has no
 gates: from the second image on, each image is scored by ``min(s, M)``, its own pattern or the recent images (MuSc's
@@ -66,10 +69,16 @@ class PoolConfig:
     drift_quantile: float = 0.25  # quantile over the image and its pool of each image's median m
     likeness: float = 0.9  # the pool is used only while the stream's likeness is below this
     closest: float = 0.3  # share of pool images averaged at each position
+    admit_flagged: bool = False  # an image the pool rule flagged joins the pool too (see StreamPool)
+    min_pool: int = 4  # with admit_flagged False: flagged images still join while the pool holds fewer than this
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be an integer >= 1, got {self.size!r}")
+        for name in ("size", "min_pool"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.admit_flagged, bool):
+            raise ValueError(f"admit_flagged must be True or False, got {self.admit_flagged!r}")
         for name in ("drift", "likeness"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -121,7 +130,7 @@ class StreamPool(Scorer):
 
     pixel_rule: ClassVar[str] = "resize"
 
-    def __init__(self, base: Scorer, config: PoolConfig | None = None) -> None:
+    def __init__(self, base: Scorer, config: PoolConfig | None = None, threshold_from: Any = None) -> None:
         if isinstance(base, StreamPool):
             base = base.base
         if not hasattr(base, "parts_and_features"):
@@ -141,6 +150,10 @@ class StreamPool(Scorer):
         self.image_size = base.image_size
         self.grid = base.grid
         self._pool: deque[_Seen] = deque(maxlen=self.config.size)
+        #: what holds the detector's threshold (its ``DetectorConfig``: ``.threshold`` read at scoring time, so a
+        #: later ``calibrate`` counts); None: every image joins the pool
+        self.threshold_from = threshold_from
+        self._since_joined = 0  # images scored since one last joined the pool
         self._open = False
         #: images scored, and how many of them the pool rule scored
         self.seen = 0
@@ -160,6 +173,7 @@ class StreamPool(Scorer):
         """Forget the pool (e.g. when the stream moves to another product on purpose)."""
         self._pool.clear()
         self._open = False
+        self._since_joined = 0
         self.last_pooled = []
 
     def stats(self) -> dict[str, Any]:
@@ -216,9 +230,10 @@ class StreamPool(Scorer):
         near = sc.near(p.d, p.clipped)
         flags = []
         for i in range(x.shape[0]):
-            big_m = self._step(f[i], m[i], p.d[i])
+            big_m, seen = self._step(f[i], m[i], p.d[i])
             flags.append(big_m is not None)
             if big_m is None:
+                self._join(seen, flagged=False)
                 continue
             if self.zero_shot:
                 rule = torch.minimum(p.s[i], big_m)
@@ -229,12 +244,33 @@ class StreamPool(Scorer):
                 low = torch.minimum(torch.minimum(p.s[i], m[i]), big_m)
                 rule = cap_clipped(low[None], cells, sc.config.clip_cells)[0]
             out[i] = sc.memory._blurred(rule[None], size)[0] * sc.config.pool_gain
+            self._join(seen, flagged=self._flags(out[i]))
         self.last_pooled = flags
         return out
 
-    def _step(self, f: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    def _flags(self, raw: torch.Tensor) -> bool:
+        """Whether a map ``(H, W)`` (unnormalised, as :meth:`raw_map` returns it) scores at or above the detector's
+        threshold (False when the pool knows none)."""
+        threshold = getattr(self.threshold_from, "threshold", None)
+        if threshold is None:
+            return False
+        return -math.expm1(-float(raw.max()) / self.base.config.scale) >= float(threshold)
+
+    def _join(self, seen: _Seen, flagged: bool) -> None:
+        """Add one scored image to the pool, unless the pool rule flagged it: a run of defective parts must not
+        become the reference of the next ones. A flagged image joins anyway while the pool holds fewer than
+        ``min_pool`` images, when none of the last ``size`` images joined (a stream where every part is flagged,
+        e.g. after a change of product, still renews its pool), or with ``admit_flagged``."""
+        cfg = self.config
+        if flagged and not cfg.admit_flagged and len(self._pool) >= cfg.min_pool and self._since_joined < cfg.size:
+            self._since_joined += 1
+            return
+        self._pool.append(seen)
+        self._since_joined = 0
+
+    def _step(self, f: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor | None, _Seen]:
         """One image's features ``(C, h, w)``, scaled and raw memory distances ``(h, w)`` -> ``M`` ``(h, w)`` when
-        both gates are open, else None; the image joins the pool either way."""
+        both gates are open (else None) and what the pool would keep of the image (:meth:`_join` decides)."""
         cfg = self.config
         drift = float(m.flatten().quantile(0.5))
         pool = list(self._pool)
@@ -256,10 +292,9 @@ class StreamPool(Scorer):
                 self._note(big_m is not None, level, stream_likeness)
             else:
                 self._note(False, level, None)
-        self._pool.append(_Seen(f.detach().clone(), drift, pool_median, likeness))
         self.seen += 1
         self.pooled += big_m is not None
-        return big_m
+        return big_m, _Seen(f.detach().clone(), drift, pool_median, likeness)
 
     @staticmethod
     def _normalised(raw: torch.Tensor, pool_median: float, pool: list[_Seen], like: torch.Tensor) -> torch.Tensor:

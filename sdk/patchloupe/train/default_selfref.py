@@ -58,14 +58,16 @@ def calibrate_pool_gain(
     inspected in order by a fresh ``det.pooled()``; the images scored with a pool (all but each stream's first) give
     scores ``1 - exp(-u)``, and the gain ``g`` is the one at which ``1 - exp(-g u)`` calibrates
     (``threshold_from_scores`` at ``false_alarm_rate``, default the model's) to ``det.threshold``: with it the pooled
-    detector keeps the plain one's operating point. Returns the gain (``det`` is not changed) and a record."""
+    detector keeps the plain one's operating point (every image joins the pool here, flagged or not: the gain does
+    not depend on the threshold it is calibrated to). Returns the gain (``det`` is not changed) and a record."""
     if getattr(det.scorer.config, "combine", None) != "self":
         raise ValueError("the pool gain is calibrated for a zero-shot self-reference model (combine='self')")
     far = det.config.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
     current = float(det.scorer.config.pool_gain)
     u: list[float] = []
     for stream in streams:
-        scores = [r.score for r in det.pooled().inspect_many(list(stream), keep_image=False, on_error="raise")]
+        pooled = det.pooled(admit_flagged=True)  # every image joins: the gain must not depend on the threshold
+        scores = [r.score for r in pooled.inspect_many(list(stream), keep_image=False, on_error="raise")]
         u += [-math.log1p(-min(s, 1.0 - 1e-7)) / current for s in scores[1:]]  # at gain 1
     if len(u) < 2:
         raise ValueError(f"the pool gain needs streams of 2 or more images ({len(u)} pooled image(s) given)")
