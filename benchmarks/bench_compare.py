@@ -122,17 +122,14 @@ def make_baseline(runs: list[dict[str, Any]], tolerance: float | None = None) ->
 
 
 def baseline_path(path: str | Path | None = None) -> Path | None:
-    """``path``, else the baseline of this machine class (``reference.machine_class``), else one of the same
-    OS, architecture, CPU count and vendor that recorded no ISA; None when this machine class has none."""
+    """``path``, else the baseline of this machine class (``reference.machine_class``: the class of the machine
+    running the check, which ``check`` assumes the saved runs came from); None when this class has none."""
     from reference import machine_class
 
     if path is not None:
         return Path(path)
-    cls = machine_class()
-    for name in (cls, cls.rsplit("-", 1)[0]):
-        if (BASELINES / f"{name}.json").is_file():
-            return BASELINES / f"{name}.json"
-    return None
+    own = BASELINES / f"{machine_class()}.json"
+    return own if own.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------------- check
@@ -237,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         from reference import machine_class
 
         stored = ", ".join(p.stem for p in sorted(BASELINES.glob("*.json"))) or "none"
-        sys.stdout.write(
+        msg = (
             f"latency check NOT GATED: no baseline for machine class {machine_class()} (stored: {stored}); ratios"
             " to the reference do not carry across CPUs. `make bench-baseline` on this machine class writes one.\n"
         )
+        sys.stdout.write(msg)
+        sys.stderr.write(msg)
         return 1 if a.require_baseline else 0
     baseline = json.loads(bpath.read_text())
     ok, rows = compare(fresh, baseline)

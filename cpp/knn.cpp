@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -82,11 +83,12 @@ void check_knn_sizes(std::int64_t rows, std::int64_t n, std::int64_t h, std::int
                                 std::to_string(w) + ") has " + std::to_string(h * w) + " positions");
   }
   if (exclude < 0) throw std::invalid_argument("exclude must be >= 0, got " + std::to_string(exclude));
-  if (first < 0 || first + rows > n) {
+  if (first < 0 || first > n - rows) {  // (not first + rows > n: that can overflow)
     throw std::invalid_argument("first must place the " + std::to_string(rows) + " rows inside the grid's " +
                                 std::to_string(n) + " positions, got " + std::to_string(first));
   }
-  const std::int64_t side = std::min<std::int64_t>(2 * exclude + 1, std::max(h, w));
+  // a window wider than the grid covers it all: exclude is capped before any arithmetic (no overflow)
+  const std::int64_t side = 2 * std::min(exclude, std::max(h, w)) + 1;
   const std::int64_t window = std::min(n, std::min(side, h) * std::min(side, w));
   if (k < 1 || k > kMaxK || k > n - window) {
     throw std::invalid_argument("k must be between 1 and " + std::to_string(std::min(kMaxK, n - window)) +
@@ -98,14 +100,21 @@ bool knn_mean_distance(const float* d2, std::int64_t batch, std::int64_t rows, s
                        std::int64_t exclude, std::int64_t k, std::int64_t first, float* out) {
   const std::int64_t n = checked_mul(h, w, "grid");
   check_knn_sizes(rows, n, h, w, exclude, k, first);
+  exclude = std::min(exclude, std::max(h, w));  // the same window, and py + exclude cannot overflow
   const std::int64_t total = checked_mul(batch, rows, "d2");
   checked_mul(total, n, "d2");
-  std::atomic<bool> nan_found{false};
+  std::atomic<bool> nan_found{false}, out_of_memory{false};
   parallel_for(total, std::max<std::int64_t>(1, kGrain / n), [&](std::int64_t begin, std::int64_t end) {
     const std::int64_t m = ceil_div(n, kSlices);
     const auto size = [](std::int64_t v) { return static_cast<std::size_t>(v); };
-    RowScratch s{std::vector<float>(size(kSlices * m)), std::vector<float>(size(m)), std::vector<float>(size(k)),
-                 std::vector<float>(size(k))};
+    RowScratch s;
+    try {  // the callback must not throw (parallel_for): a failed allocation is reported after it
+      s = RowScratch{std::vector<float>(size(kSlices * m)), std::vector<float>(size(m)), std::vector<float>(size(k)),
+                     std::vector<float>(size(k))};
+    } catch (const std::bad_alloc&) {
+      out_of_memory.store(true, std::memory_order_relaxed);
+      return;
+    }
     for (std::int64_t idx = begin; idx < end; ++idx) {
       const float* __restrict d = d2 + idx * n;
       float* __restrict row = s.row.data();
@@ -122,6 +131,7 @@ bool knn_mean_distance(const float* d2, std::int64_t batch, std::int64_t rows, s
       out[idx] = row_knn(n, h, w, pos / w, pos % w, exclude, k, s);
     }
   });
+  if (out_of_memory.load()) throw std::bad_alloc();
   return !nan_found.load();
 }
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import MJPEGServer, checks_surface, tiny_detector, write_video
+from patchloupe import Detector
 from patchloupe.cli import main
 
 
@@ -342,6 +343,28 @@ def test_cli_inspect_with_a_pool_and_the_built_in_model(tmp_path, capsys) -> Non
     out = tmp_path / "o"
     assert main(["inspect", str(folder), "--out", str(out), "--pool", "4", "-q"]) == 0  # no --model: built-in
     assert "3 scored against the stream pool" in capsys.readouterr().out  # every image after the first
+
+
+def test_cli_inspect_pool_admission_reads_the_threshold_option(tmp_path) -> None:  # noqa: ANN001
+    """``--threshold`` with ``--pool`` is the threshold the pool's admission uses: with 0 every pooled part is flagged
+    and stays out of the pool once it holds ``min_pool`` images, so the scores are those of a detector whose
+    threshold is 0, not those of one with the built-in threshold."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    files = []
+    for s in range(8):
+        files.append(folder / f"{s:02d}.png")
+        cv2.imwrite(str(files[-1]), checks_surface(s))
+    out = tmp_path / "o"
+    assert main(["inspect", str(folder), "--out", str(out), "--pool", "4", "--threshold", "0", "-q"]) == 0
+    rows = {Path(r["source"]).name: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert all(r["is_anomalous"] for r in rows.values())
+    flagged_all = Detector.load().pooled(size=4)
+    flagged_all.threshold = 0.0
+    expected = [r.score for r in flagged_all.inspect_many([str(f) for f in files])]
+    np.testing.assert_allclose([rows[f.name]["score"] for f in files], expected, atol=1e-4)
+    admitted = [r.score for r in Detector.load().pooled(size=4).inspect_many([str(f) for f in files])]
+    assert not np.allclose(expected, admitted, atol=1e-4)  # the admission made a difference here
 
 
 def test_cli_inspect_pool_needs_a_selfref_model(tmp_path, capsys) -> None:  # noqa: ANN001

@@ -443,6 +443,9 @@ BAD: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("knn-k-bool", "knn_mean_distance", (D2, (4, 4), 1, True), TypeError, "k"),
     ("knn-first-negative", "knn_mean_distance", (D2, (4, 4), 1, 2, -1), ValueError, "first"),
     ("knn-first-past-end", "knn_mean_distance", (D2, (4, 4), 1, 2, 1), ValueError, "first"),
+    ("knn-first-huge", "knn_mean_distance", (D2, (4, 4), 1, 2, (1 << 63) - 2), ValueError, "first"),
+    ("knn-exclude-huge", "knn_mean_distance", (D2, (4, 4), 1 << 62, 2), ValueError, "k"),
+    ("knn-exclude-max", "knn_mean_distance", (D2, (4, 4), (1 << 63) - 1, 2), ValueError, "k"),
 ]
 
 

@@ -325,9 +325,9 @@ def _check_knn_sizes(rows: int, n: int, h: int, w: int, exclude: int, k: int, fi
         raise ValueError(f"d2 has {n} columns but grid ({h}, {w}) has {h * w} positions")
     if exclude < 0:
         raise ValueError(f"exclude must be >= 0, got {exclude}")
-    if first < 0 or first + rows > n:
+    if first < 0 or first > n - rows:
         raise ValueError(f"first must place the {rows} rows inside the grid's {n} positions, got {first}")
-    side = min(2 * exclude + 1, max(h, w))
+    side = 2 * min(exclude, max(h, w)) + 1
     window = min(n, min(side, h) * min(side, w))
     if k < 1 or k > _KNN_MAX_K or k > n - window:
         raise ValueError(

@@ -75,6 +75,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         det = _load(args.model)
         if args.pool:
             det = det.pooled(args.pool)
+            if args.threshold is not None:  # the pool's admission reads the detector's threshold
+                det.threshold = args.threshold
     except BaseException:
         outputs.close()
         raise

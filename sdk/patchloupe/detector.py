@@ -159,7 +159,8 @@ class Detector:
         only while the stream has drifted from the fitted surface and its recent images resemble each other (a
         change of product or texture; ``patchloupe.scorers.stream_pool``: ``drift=``, ``likeness=``,
         ``drift_quantile=``, ``closest=``), the built-in model every image after the first (``closest=``). An image
-        the pool rule flags does not join the pool (``admit_flagged=``, ``min_pool=``). Results
+        the pool rule flags at this detector's ``threshold`` (not a per-call ``threshold=``) does not join the pool
+        (``admit_flagged=``, ``min_pool=``; ``calibrate`` admits every image). Results
         then depend on what was inspected before, in order: use one per stream. It shares
         this detector's fitted scorer and copies its config (threshold included); ``save`` writes the fitted model,
         ``export`` refuses. Needs a ``selfref`` model: a fitted one, or the built-in model, which has no fitted surface
@@ -212,8 +213,10 @@ class Detector:
     ) -> float:
         """Set the threshold from defect-free images so that about ``false_alarm_rate`` of them are flagged
         (the rule: ``patchloupe.calibration.threshold_from_scores``); returns it."""
-        results = self.inspect_many(images, batch_size=batch_size, keep_image=False, on_error="raise")
-        return self.calibrate_from_scores([r.score for r in results], false_alarm_rate)
+        with self.scorer.calibrating():
+            results = self.inspect_many(images, batch_size=batch_size, keep_image=False, on_error="raise")
+            scores = [r.score for r in results]
+        return self.calibrate_from_scores(scores, false_alarm_rate)
 
     def calibrate_from_scores(self, scores: Sequence[float], false_alarm_rate: float | None = None) -> float:
         """``calibrate`` for image scores already computed on defect-free images (same rule, same record).

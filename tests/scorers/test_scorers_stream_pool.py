@@ -164,11 +164,33 @@ def test_flagged_images_do_not_join_the_pool_after_min_pool() -> None:
 
     pooled = Detector.load().pooled(size=4, min_pool=2)
     pooled.threshold = 0.0  # every pooled image is flagged
-    # the 1st image is not pooled (joins), the 2nd joins to reach min_pool, the 3rd-6th stay out, the 7th renews
-    assert held_after_each(pooled) == [1, 2, 2, 2, 2, 2, 3, 3]
+    # the 1st image is not pooled (joins), the 2nd joins to reach min_pool, the 3rd-5th stay out; at the 6th at most
+    # a quarter (1) of the last 4 images had joined, so it joins, and so does the 7th; the 8th stays out
+    assert held_after_each(pooled) == [1, 2, 2, 2, 2, 3, 4, 4]
+    assert list(pooled.scorer._joined) == [False, True, True, False]
     everyone = Detector.load().pooled(size=4, min_pool=2, admit_flagged=True)
     everyone.threshold = 0.0
     assert held_after_each(everyone) == [1, 2, 3, 4, 4, 4, 4, 4]
     nothing_flagged = Detector.load().pooled(size=4, min_pool=2)
     nothing_flagged.threshold = 1.0
     assert held_after_each(nothing_flagged) == [1, 2, 3, 4, 4, 4, 4, 4]
+
+
+def test_admission_with_a_pool_smaller_than_min_pool_and_while_calibrating() -> None:
+    """``min_pool`` above ``size`` is capped at ``size``; ``calibrate`` admits every image (the threshold it
+    replaces must not filter the pool its scores come from); ``threshold_from`` must hold a threshold."""
+    images = [checks_surface(s) for s in range(6)]
+    small = Detector.load().pooled(size=2)  # min_pool 4 > size 2
+    small.threshold = 0.0
+    held = []
+    for im in images:
+        small.inspect(im, keep_image=False)
+        held.append(small.scorer.stats()["held"])
+    assert held[:3] == [1, 2, 2] and small.scorer._joined.count(False) >= 1  # flagged images stayed out
+    cal = Detector.load().pooled(size=4, min_pool=1)
+    cal.threshold = 0.0
+    cal.calibrate(images[:5])
+    assert cal.scorer.stats()["held"] == 4 and all(cal.scorer._joined)  # every calibration image joined
+    assert cal.threshold > 0.0 and not cal.scorer._admit_all  # admission is back after calibrating
+    with pytest.raises(TypeError, match="threshold_from"):
+        StreamPool(Detector.load().scorer, threshold_from=0.7)

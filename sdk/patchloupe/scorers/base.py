@@ -12,6 +12,7 @@ A scorer turns images resized to the model size into
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -67,6 +68,11 @@ class Scorer(ABC):
     def to(self, device: Any) -> Scorer:
         """Move to ``device`` (a torch device or its name); returns ``self``."""
         return self
+
+    def calibrating(self) -> contextlib.AbstractContextManager[None]:
+        """A context the detector scores its calibration images in (default: nothing changes; a scorer whose scores
+        depend on the threshold being calibrated, such as a stream pool's admission, suspends that)."""
+        return contextlib.nullcontext()
 
     @property
     def device(self) -> str:

@@ -19,8 +19,8 @@ features of the last ``size`` images it scored (a pool, after MuSc, ICLR 2024). 
    to [0, 1) with the fitted ``scale``, so the calibrated threshold keeps its meaning (times the model's
    ``pool_gain``, 1 for a fitted model);
 4. **admission**: every image joins the pool, except one the pool rule scored at or above the detector's threshold
-   (a run of defective parts, which would find each other in the pool); see :meth:`StreamPool._join` for when a
-   flagged image joins all the same.
+   (``Detector.threshold``, not a per-call override): a run of defective parts would find each other in the pool.
+   See :meth:`StreamPool._join` for when a flagged image joins all the same.
 
 The built-in model (``Detector.load()``, ``combine="self"``: no fitted surface, so nothing to drift from) has no
 gates: from the second image on, each image is scored by ``min(s, M)``, its own pattern or the recent images (MuSc's
@@ -42,9 +42,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -150,10 +152,15 @@ class StreamPool(Scorer):
         self.image_size = base.image_size
         self.grid = base.grid
         self._pool: deque[_Seen] = deque(maxlen=self.config.size)
+        if threshold_from is not None and not hasattr(threshold_from, "threshold"):
+            raise TypeError(
+                f"threshold_from must hold the detector's threshold (a DetectorConfig), got {type(threshold_from)}"
+            )
         #: what holds the detector's threshold (its ``DetectorConfig``: ``.threshold`` read at scoring time, so a
         #: later ``calibrate`` counts); None: every image joins the pool
         self.threshold_from = threshold_from
-        self._since_joined = 0  # images scored since one last joined the pool
+        self._joined: deque[bool] = deque(maxlen=self.config.size)  # whether each of the last images joined
+        self._admit_all = False  # set while the detector calibrates (calibrating)
         self._open = False
         #: images scored, and how many of them the pool rule scored
         self.seen = 0
@@ -173,7 +180,7 @@ class StreamPool(Scorer):
         """Forget the pool (e.g. when the stream moves to another product on purpose)."""
         self._pool.clear()
         self._open = False
-        self._since_joined = 0
+        self._joined.clear()
         self.last_pooled = []
 
     def stats(self) -> dict[str, Any]:
@@ -256,17 +263,30 @@ class StreamPool(Scorer):
             return False
         return -math.expm1(-float(raw.max()) / self.base.config.scale) >= float(threshold)
 
+    @contextlib.contextmanager
+    def calibrating(self) -> Iterator[None]:
+        """While the detector calibrates, every image joins the pool: which images the threshold being replaced
+        flags must not shape the scores the new one is taken from."""
+        before, self._admit_all = self._admit_all, True
+        try:
+            yield
+        finally:
+            self._admit_all = before
+
     def _join(self, seen: _Seen, flagged: bool) -> None:
         """Add one scored image to the pool, unless the pool rule flagged it: a run of defective parts must not
-        become the reference of the next ones. A flagged image joins anyway while the pool holds fewer than
-        ``min_pool`` images, when none of the last ``size`` images joined (a stream where every part is flagged,
-        e.g. after a change of product, still renews its pool), or with ``admit_flagged``."""
+        become the reference of the next ones. A flagged image joins anyway with ``admit_flagged`` or while
+        calibrating, while the pool holds fewer than ``min_pool`` images (at most ``size``), and when at most a
+        quarter of the last ``size`` images joined: a stream where nearly every part is flagged has more likely
+        changed surface than turned defective, and one flagged part in about four then joins, so the pool holds
+        the new surface's images after some 30 parts (``size`` 16)."""
         cfg = self.config
-        if flagged and not cfg.admit_flagged and len(self._pool) >= cfg.min_pool and self._since_joined < cfg.size:
-            self._since_joined += 1
-            return
-        self._pool.append(seen)
-        self._since_joined = 0
+        admit = not flagged or cfg.admit_flagged or self._admit_all or len(self._pool) < min(cfg.min_pool, cfg.size)
+        if not admit and len(self._joined) == cfg.size and sum(self._joined) <= cfg.size // 4:
+            admit = True
+        self._joined.append(admit)
+        if admit:
+            self._pool.append(seen)
 
     def _step(self, f: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor | None, _Seen]:
         """One image's features ``(C, h, w)``, scaled and raw memory distances ``(h, w)`` -> ``M`` ``(h, w)`` when

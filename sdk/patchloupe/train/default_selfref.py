@@ -108,8 +108,8 @@ def build_default_selfref(
     ``n_images_per_family_style`` each) or on ``images`` (RGB uint8, e.g. a subset of styles for a held-out
     measurement), calibrate it on ``n_calibration_per_family_style`` other generated textures of every style
     (with ``images``: on the fit's held-out fifth of them), set its ``pool_gain`` (:func:`calibrate_pool_gain`) on
-    generated streams of ``n_pool_per_family_style`` images per style (with ``images``: on ``streams``, each a
-    sequence of good images of one surface; without them the gain stays 1) and save it to ``out_dir`` (not saved
+    ``streams`` (each a sequence of good images of one surface; by default generated, ``n_pool_per_family_style``
+    images per style, and with ``images`` none, which leaves the gain at 1) and save it to ``out_dir`` (not saved
     when None); returns the detector."""
     t0 = time.perf_counter()
     far = false_alarm_rate
@@ -131,7 +131,7 @@ def build_default_selfref(
         det.calibrate(calib, far)
     else:
         det.calibrate_from_scores(hold_scores, far)
-    if generated:
+    if generated and streams is None:
         streams = pool_streams(n_pool_per_family_style, image_size, seed + 29)
     pool = None
     if streams is not None:
