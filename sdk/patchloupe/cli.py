@@ -366,7 +366,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="also compare each image with the last N inspected while the stream has drifted from the fitted surface "
-        "(a product or texture change; with the built-in model always; Detector.pooled; selfref models; 0: off)",
+        "(a product or texture change; with the built-in model always; Detector.pooled; selfref models; 0: off); "
+        "an image flagged at --threshold (default the model's) does not join those N",
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
     s.set_defaults(func=cmd_inspect)
