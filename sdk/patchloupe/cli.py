@@ -142,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     extra += f", {st.reconnects} reconnects" if st.reconnects else ""
     extra += f"; stopped by {stopped_by[0]}" if stopped_by else ""
     if args.pool:
-        extra += f"; {det.scorer.pooled} scored against the stream pool"
+        extra += f"; {det.scorer.pooled} scored against the stream pool ({det.scorer.kept_out} flagged, kept out of it)"
     summary = f"{st.inspected} inspected, {st.flagged} anomalous, {st.failed} failed{extra}; results in {args.out}"
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if stopped_by and not source.endless:

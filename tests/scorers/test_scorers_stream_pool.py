@@ -168,6 +168,7 @@ def test_flagged_images_do_not_join_the_pool_after_min_pool() -> None:
     # a quarter (1) of the last 4 images had joined, so it joins, and so does the 7th; the 8th stays out
     assert held_after_each(pooled) == [1, 2, 2, 2, 2, 3, 4, 4]
     assert list(pooled.scorer._joined) == [False, True, True, False]
+    assert pooled.scorer.stats()["kept_out"] == 4  # the 3rd-5th and the 8th
     everyone = Detector.load().pooled(size=4, min_pool=2, admit_flagged=True)
     everyone.threshold = 0.0
     assert held_after_each(everyone) == [1, 2, 3, 4, 4, 4, 4, 4]

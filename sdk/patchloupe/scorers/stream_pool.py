@@ -162,9 +162,10 @@ class StreamPool(Scorer):
         self._joined: deque[bool] = deque(maxlen=self.config.size)  # whether each of the last images joined
         self._admit_all = False  # set while the detector calibrates (calibrating)
         self._open = False
-        #: images scored, and how many of them the pool rule scored
+        #: images scored, how many of them the pool rule scored, and how many it flagged and kept out of the pool
         self.seen = 0
         self.pooled = 0
+        self.kept_out = 0
         #: for each image of the last ``infer`` call, whether the pool rule scored it
         self.last_pooled: list[bool] = []
 
@@ -184,10 +185,10 @@ class StreamPool(Scorer):
         self.last_pooled = []
 
     def stats(self) -> dict[str, Any]:
-        """``{"seen", "pooled", "open", "held", "config"}``: images scored, scored by the pool rule, whether the
-        last image was, images held."""
-        return {"seen": self.seen, "pooled": self.pooled, "open": self._open, "held": len(self._pool),
-                "config": asdict(self.config)}  # fmt: skip
+        """``{"seen", "pooled", "kept_out", "open", "held", "config"}``: images scored, scored by the pool rule,
+        flagged by it and so kept out of the pool, whether the last image was scored by it, images held."""
+        return {"seen": self.seen, "pooled": self.pooled, "kept_out": self.kept_out, "open": self._open,
+                "held": len(self._pool), "config": asdict(self.config)}  # fmt: skip
 
     # ------------------------------------------------------------------ the Scorer contract, delegated
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -287,6 +288,8 @@ class StreamPool(Scorer):
         self._joined.append(admit)
         if admit:
             self._pool.append(seen)
+        else:
+            self.kept_out += 1
 
     def _step(self, f: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor | None, _Seen]:
         """One image's features ``(C, h, w)``, scaled and raw memory distances ``(h, w)`` -> ``M`` ``(h, w)`` when
